@@ -1,0 +1,554 @@
+"""The index directory: immutable generations, an atomic switch, and a write-ahead log for
+live upserts and deletes.
+
+Layout::
+
+    INDEX/
+      CURRENT                      name of the live generation (replaced atomically)
+      generations/gen-000007/      one complete, self-describing build
+          manifest.json            format version, models, dimensions, counts
+          items.jsonl              one product per row; row number = vector label
+          text/ image/ video/      FAISS indexes + raw vectors (indexer.vector)
+          lexical/                 tantivy BM25 index
+          wal.jsonl                upserts/deletes since the build (fsync'd before they apply)
+      embcache.sqlite              content-hash -> vector cache shared by all builds
+      ingest_report.json           the last build's report
+
+A build writes ``generations/gen-N.tmp`` and renames it when complete, then rewrites CURRENT;
+``kill -9`` at any moment leaves the previous generation loadable. Upserts that arrive while a
+build runs are carried over to the new generation before the switch, so nothing acknowledged is
+lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.catalog import read_catalog
+from indexer.embcache import EmbeddingCache
+from indexer.encoders import load_image_encoder, load_text_encoder
+from indexer.encoders.base import ImageEncoder, TextEncoder
+from indexer.encoding import Encoded, ItemEncoder
+from indexer.items import ItemTable
+from indexer.lexical import open_lexical_index
+from indexer.product import Product
+from indexer.report import IngestReport
+from indexer.vector import load_vector_index, make_vector_index
+from indexer.vector.base import VectorIndex
+from shopsearch.errors import IndexCorruptError, IndexNotFoundError, ItemNotFoundError
+from shopsearch.settings import Settings
+
+FORMAT_VERSION = 1
+MODALITIES = ("text", "image", "video")
+_KEEP_GENERATIONS = 2
+
+
+# ====================================================================== files
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def write_lock(index_dir: Path) -> Iterator[None]:
+    """One writer process at a time per index (builds and upserts); readers never block."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".write.lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def current_generation(index_dir: Path) -> str | None:
+    try:
+        name = (index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def _encode_vec(v: np.ndarray | None) -> str | None:
+    return None if v is None else base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
+
+
+def _decode_vec(s: str | None) -> np.ndarray | None:
+    return None if s is None else np.frombuffer(base64.b64decode(s), dtype=np.float32).copy()
+
+
+def _settings_fingerprint(settings: Settings) -> dict[str, Any]:
+    return {
+        "text_model": settings.text_model,
+        "image_model": settings.image_model,
+        "image_pretrained": settings.image_pretrained,
+        "video_frames": settings.video_frames,
+        "vector_index": settings.vector_index,
+        "lexical_backend": settings.lexical_backend,
+        "field_boosts": settings.field_boosts,
+    }
+
+
+# ====================================================================== encoders
+@dataclass
+class Encoders:
+    """Encoders are loaded lazily: a text-only catalog never pays for the image model."""
+
+    settings: Settings
+    _text: TextEncoder | None = None
+    _image: ImageEncoder | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def text(self) -> TextEncoder:
+        with self._lock:
+            if self._text is None:
+                self._text = load_text_encoder(
+                    self.settings.text_model, query_backend=self.settings.query_encoder
+                )
+            return self._text
+
+    @property
+    def image(self) -> ImageEncoder:
+        with self._lock:
+            if self._image is None:
+                self._image = load_image_encoder(
+                    self.settings.image_model, pretrained=self.settings.image_pretrained
+                )
+            return self._image
+
+    def item_encoder(self, cache: EmbeddingCache | None, need_image: bool) -> ItemEncoder:
+        return ItemEncoder(
+            self.text,
+            self.image if need_image else None,
+            cache,
+            batch_size=self.settings.encode_batch_size,
+            video_frames=self.settings.video_frames,
+            max_image_pixels=self.settings.max_image_pixels,
+        )
+
+
+# ====================================================================== build
+@dataclass
+class BuildResult:
+    generation: str
+    path: Path
+    report: IngestReport
+    counts: dict[str, int]
+    seconds: float
+    encoded: dict[str, int]
+
+
+def _vector_arrays(table: ItemTable, vecs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    labels = [table.id_to_row[i] for i in vecs if i in table.id_to_row]
+    if not labels:
+        return None
+    rows = sorted(labels)
+    matrix = np.stack([vecs[table.product(r).id] for r in rows]).astype(np.float32)
+    return matrix, np.asarray(rows, dtype=np.int64)
+
+
+def _build_vector_index(settings: Settings, matrix: np.ndarray, labels: np.ndarray) -> VectorIndex:
+    index = make_vector_index(
+        matrix.shape[1],
+        len(labels),
+        kind=settings.vector_index,
+        device=settings.device,
+        hnsw_threshold=settings.hnsw_threshold,
+        ivfpq_threshold=settings.ivfpq_threshold,
+        train_vectors=matrix,
+    )
+    index.add(matrix, labels)
+    return index
+
+
+def build_index(
+    catalogs: Sequence[Path],
+    index_dir: Path,
+    settings: Settings,
+    *,
+    field_map: dict[str, str] | None = None,
+    progress: bool = True,
+    encoders: Encoders | None = None,
+) -> BuildResult:
+    """Ingest catalogs, encode, and publish a new generation atomically."""
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    report = IngestReport()
+    encoders = encoders or Encoders(settings)
+
+    # The WAL of the live generation at build start: upserts appended later are carried over.
+    base_gen = current_generation(index_dir)
+    base_wal = index_dir / "generations" / base_gen / "wal.jsonl" if base_gen else None
+    base_wal_size = base_wal.stat().st_size if base_wal and base_wal.exists() else 0
+
+    products: dict[str, Product] = {}
+    for path in catalogs:
+        roots = settings.media_roots or None
+        for p in read_catalog(Path(path), field_map=field_map, media_roots=roots, report=report):
+            products[p.id] = p
+    items = list(products.values())
+    need_image = any(p.images or p.video for p in items)
+
+    cache = EmbeddingCache(index_dir / "embcache.sqlite")
+    try:
+        item_encoder = encoders.item_encoder(cache, need_image)
+        encoded = item_encoder.encode(items, report, progress=progress)
+    finally:
+        cache.close()
+
+    table = ItemTable()
+    for p in items:
+        has_vec = p.id in encoded.text or p.id in encoded.image or p.id in encoded.video
+        if not has_vec and not p.has_text():
+            report.add(
+                file=None,
+                row=None,
+                id=p.id,
+                field=None,
+                reason="no usable title, description, image or video",
+                action="skipped",
+            )
+            continue
+        table.append(p)
+
+    gens = index_dir / "generations"
+    gens.mkdir(exist_ok=True)
+    number = 1 + max((int(d.name.split("-")[1].split(".")[0]) for d in gens.glob("gen-*")), default=0)
+    name = f"gen-{number:06d}"
+    tmp = gens / f"{name}.tmp"
+    final = gens / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+        for r in range(table.n_rows):
+            f.write(json.dumps(table.product(r).to_dict(), ensure_ascii=False) + "\n")
+
+    manifest_indexes: dict[str, Any] = {}
+    for modality in MODALITIES:
+        arrays = _vector_arrays(table, getattr(encoded, modality))
+        if arrays is None:
+            continue
+        matrix, labels = arrays
+        index = _build_vector_index(settings, matrix, labels)
+        index.save(tmp / modality)
+        manifest_indexes[modality] = {
+            "kind": index.kind,
+            "count": int(len(labels)),
+            "dim": int(matrix.shape[1]),
+        }
+
+    lexical = open_lexical_index(
+        tmp / "lexical", backend=settings.lexical_backend, field_boosts=settings.field_boosts, create=True
+    )
+    try:
+        batch = 5000
+        for start in range(0, table.n_rows, batch):
+            lexical.upsert([table.product(r) for r in range(start, min(start + batch, table.n_rows))])
+        lexical.commit()
+    finally:
+        lexical.close()
+
+    models: dict[str, Any] = {"text": {"name": encoders.text.name, "dim": encoders.text.dim}}
+    if need_image:
+        models["image"] = {"name": encoders.image.name, "dim": encoders.image.dim}
+    counts = {
+        "items": len(table),
+        **{f"{m}_vectors": manifest_indexes.get(m, {}).get("count", 0) for m in MODALITIES},
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "generation": name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "catalogs": [str(Path(c).resolve()) for c in catalogs],
+        "models": models,
+        "vector_indexes": manifest_indexes,
+        "lexical": {"backend": settings.lexical_backend, "field_boosts": settings.field_boosts},
+        "counts": counts,
+        "settings": _settings_fingerprint(settings),
+        "ingest": report.to_dict().get("counts", {}),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (tmp / "wal.jsonl").touch()
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+    with write_lock(index_dir):
+        # carry over upserts/deletes acknowledged on the old generation while we built
+        if base_wal is not None and base_wal.exists() and base_wal.stat().st_size > base_wal_size:
+            with open(base_wal, "rb") as src, open(tmp / "wal.jsonl", "ab") as dst:
+                src.seek(base_wal_size)
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.rename(tmp, final)
+        _fsync_dir(gens)
+        _atomic_write(index_dir / "CURRENT", name + "\n")
+    report.save(index_dir / "ingest_report.json")
+    _cleanup_generations(index_dir, keep=name)
+    return BuildResult(
+        generation=name,
+        path=final,
+        report=report,
+        counts=counts,
+        seconds=time.perf_counter() - t0,
+        encoded=dict(item_encoder.encoded_counts),
+    )
+
+
+def _cleanup_generations(index_dir: Path, keep: str) -> None:
+    """Remove abandoned .tmp builds and all but the newest complete generations."""
+    gens = index_dir / "generations"
+    complete = sorted(d for d in gens.glob("gen-*") if not d.name.endswith(".tmp"))
+    doomed = [d for d in complete[:-_KEEP_GENERATIONS] if d.name != keep]
+    doomed += [d for d in gens.glob("gen-*.tmp")]
+    for d in doomed:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ====================================================================== live index
+class LiveIndex:
+    """A loaded generation plus its WAL: what the retriever searches and the API writes to."""
+
+    def __init__(self, index_dir: Path, settings: Settings, encoders: Encoders | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        self.settings = settings
+        self.encoders = encoders or Encoders(settings)
+        self._write_mutex = threading.RLock()
+        self._load()
+
+    # ----------------------------------------------------------------- loading
+    def _load(self) -> None:
+        if not self.index_dir.is_dir():
+            raise IndexNotFoundError(
+                f"no index at {self.index_dir}: run 'shopsearch index CATALOG --index DIR'"
+            )
+        name = current_generation(self.index_dir)
+        if name is None:
+            raise IndexNotFoundError(f"{self.index_dir} holds no complete index (no CURRENT file)")
+        path = self.index_dir / "generations" / name
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IndexCorruptError(f"{path}/manifest.json is missing") from None
+        except json.JSONDecodeError as exc:
+            raise IndexCorruptError(f"{path}/manifest.json is not valid JSON: {exc}") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexCorruptError(
+                f"{path} has format version {manifest.get('format_version')}, "
+                f"this engine reads {FORMAT_VERSION}: rebuild the index"
+            )
+        table = ItemTable()
+        n = 0
+        try:
+            with open(path / "items.jsonl", encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):  # noqa: B007 - n names the bad line
+                    table.append(Product.from_dict(json.loads(line)))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise IndexCorruptError(f"{path}/items.jsonl line {n}: {exc}") from None
+        vectors: dict[str, VectorIndex] = {}
+        for modality in manifest.get("vector_indexes", {}):
+            vectors[modality] = load_vector_index(path / modality, device=self.settings.device)
+        lexical = open_lexical_index(
+            path / "lexical",
+            backend=manifest["lexical"]["backend"],
+            field_boosts=self.settings.field_boosts,
+        )
+        self.generation, self.path, self.manifest = name, path, manifest
+        self.table, self.vectors, self.lexical = table, vectors, lexical
+        self._wal_path = path / "wal.jsonl"
+        self._replay_wal()
+        self._current_mtime = self._current_stat()
+        self._checked_at = time.monotonic()
+        # the previous generation's engines are released by GC once in-flight searches finish
+
+    def _current_stat(self) -> float:
+        try:
+            return (self.index_dir / "CURRENT").stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def maybe_reload(self, min_interval: float = 1.0) -> bool:
+        """Pick up a generation published by another process (checked at most once a second)."""
+        now = time.monotonic()
+        if now - self._checked_at < min_interval:
+            return False
+        self._checked_at = now
+        if (
+            self._current_stat() == self._current_mtime
+            and current_generation(self.index_dir) == self.generation
+        ):
+            return False
+        with self._write_mutex:
+            self._load()
+        return True
+
+    def reload(self) -> None:
+        with self._write_mutex:
+            self._load()
+
+    # ----------------------------------------------------------------- WAL
+    def _replay_wal(self) -> None:
+        if not self._wal_path.exists():
+            return
+        changed = False
+        with open(self._wal_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash: it was never acknowledged
+                self._apply(rec, commit=False)
+                changed = True
+        if changed:
+            self.lexical.commit()
+
+    def _append_wal(self, records: list[dict[str, Any]]) -> None:
+        with open(self._wal_path, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _apply(self, rec: dict[str, Any], *, commit: bool) -> None:
+        if rec["op"] == "upsert":
+            products = []
+            for entry in rec["items"]:
+                p = Product.from_dict(entry["product"])
+                row, _old = self.table.append(p)
+                for modality in MODALITIES:
+                    vec = _decode_vec(entry["vectors"].get(modality))
+                    if vec is None:
+                        continue
+                    index = self.vectors.get(modality)
+                    if index is None:
+                        index = make_vector_index(
+                            len(vec),
+                            1,
+                            kind="flat"
+                            if self.settings.vector_index == "auto"
+                            else self.settings.vector_index,
+                            device=self.settings.device,
+                        )
+                        self.vectors[modality] = index
+                    index.add(vec[None, :], np.asarray([row], dtype=np.int64))
+                products.append(p)
+            self.lexical.upsert(products)
+        elif rec["op"] == "delete":
+            for item_id in rec["ids"]:
+                self.table.delete(item_id)
+            self.lexical.delete(rec["ids"])
+        if commit:
+            self.lexical.commit()
+
+    # ----------------------------------------------------------------- writes
+    def upsert(self, products: Sequence[Product], *, report: IngestReport | None = None) -> IngestReport:
+        """Encode and add/replace items; durable (fsync'd WAL) before this returns."""
+        report = report or IngestReport()
+        products = list(products)
+        if not products:
+            return report
+        need_image = any(p.images or p.video for p in products)
+        with write_lock(self.index_dir), self._write_mutex:
+            self.maybe_reload(min_interval=0)
+            cache = EmbeddingCache(self.index_dir / "embcache.sqlite")
+            try:
+                encoded: Encoded = self.encoders.item_encoder(cache, need_image).encode(products, report)
+            finally:
+                cache.close()
+            self._check_dims(encoded)
+            entries = []
+            for p in products:
+                vecs = {m: _encode_vec(getattr(encoded, m).get(p.id)) for m in MODALITIES}
+                if not p.has_text() and not any(vecs.values()):
+                    report.add(
+                        file=None,
+                        row=None,
+                        id=p.id,
+                        field=None,
+                        reason="no usable title, description, image or video",
+                        action="skipped",
+                    )
+                    continue
+                entries.append({"product": p.to_dict(), "vectors": vecs})
+            if entries:
+                rec = {"op": "upsert", "items": entries, "ts": time.time()}
+                self._append_wal([rec])
+                self._apply(rec, commit=True)
+        return report
+
+    def _check_dims(self, encoded: Encoded) -> None:
+        for modality in MODALITIES:
+            index = self.vectors.get(modality)
+            for v in getattr(encoded, modality).values():
+                if index is not None and len(v) != index.dim:
+                    raise IndexCorruptError(
+                        f"{modality} vectors of the configured model have {len(v)} dims but the index has "
+                        f"{index.dim}: rebuild the index with 'shopsearch index'"
+                    )
+                break
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete items; returns the ids that existed. Unknown ids are ignored (idempotent)."""
+        with write_lock(self.index_dir), self._write_mutex:
+            self.maybe_reload(min_interval=0)
+            existing = [i for i in ids if self.table.get(i) is not None]
+            if existing:
+                rec = {"op": "delete", "ids": existing, "ts": time.time()}
+                self._append_wal([rec])
+                self._apply(rec, commit=True)
+        return existing
+
+    # ----------------------------------------------------------------- reads
+    def get(self, item_id: str) -> Product:
+        p = self.table.get(item_id)
+        if p is None:
+            raise ItemNotFoundError(f"no item with id {item_id!r}")
+        return p
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "index_dir": str(self.index_dir),
+            "generation": self.generation,
+            "manifest": self.manifest,
+            "live": {
+                **self.table.catalog_stats(),
+                **{f"{m}_vectors": int(v.ntotal) for m, v in self.vectors.items()},
+                "lexical_docs": self.lexical.count(),
+                "wal_bytes": self._wal_path.stat().st_size if self._wal_path.exists() else 0,
+            },
+        }
+
+    def close(self) -> None:
+        self.lexical.close()

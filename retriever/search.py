@@ -1,0 +1,154 @@
+"""Candidate generation: lexical BM25, text-vector ANN and image-vector ANN, filtered before the
+cut and merged by a configurable fusion.
+
+Every source sees the same filter: the lexical engine gets it as a query clause, the vector
+indexes as a boolean row mask (which also hides deleted and replaced rows).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexer.filters import Filters
+from indexer.store import LiveIndex
+from retriever.fusion import FUSERS
+from shopsearch.errors import InvalidQueryError
+from shopsearch.settings import Settings
+
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass
+class SourceHit:
+    rank: int
+    score: float
+
+
+@dataclass
+class Candidate:
+    row: int
+    id: str
+    score: float
+    sources: dict[str, SourceHit] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. BM25 per field, for explain
+
+
+@dataclass
+class Retrieval:
+    candidates: list[Candidate]
+    text: str | None
+    timings_ms: dict[str, float]
+    query_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    browse: bool = False
+
+
+class Retriever:
+    """Turns a text and/or image query into fused candidates from every available source."""
+
+    def __init__(self, index: LiveIndex, settings: Settings) -> None:
+        self.index = index
+        self.settings = settings
+
+    def retrieve(
+        self,
+        text: str | None = None,
+        image: Image.Image | None = None,
+        filters: Filters | None = None,
+        *,
+        depth: int | None = None,
+        explain: bool = False,
+    ) -> Retrieval:
+        filters = filters or Filters()
+        text = " ".join((text or "").split()) or None
+        if text and len(text) > MAX_QUERY_CHARS:
+            raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+        index = self.index
+        index.maybe_reload()
+        table, vectors, lexical = index.table, index.vectors, index.lexical  # one consistent snapshot
+        n = max(depth or 0, self.settings.candidates)
+        timings: dict[str, float] = {}
+
+        t = time.perf_counter()
+        mask = table.mask(filters)
+        timings["filter"] = _ms(t)
+
+        if text is None and image is None:  # browse: everything that matches the filters
+            rows = np.flatnonzero(mask)
+            cands = [Candidate(row=int(r), id=table.product(int(r)).id, score=0.0) for r in rows]
+            return Retrieval(cands, None, timings, browse=True)
+
+        lists: dict[str, list[tuple[int, float]]] = {}
+        details: dict[int, dict[str, Any]] = {}
+        qvecs: dict[str, np.ndarray] = {}
+        if text is not None:
+            t = time.perf_counter()
+            hits = lexical.search(text, n, filters, explain=explain)
+            ranked = []
+            for h in hits:
+                row = table.id_to_row.get(h.id)
+                if row is not None and mask[row]:
+                    ranked.append((row, float(h.score)))
+                    if explain and h.fields:
+                        details[row] = {"bm25_fields": dict(h.fields)}
+            lists["bm25"] = ranked
+            timings["bm25"] = _ms(t)
+            if "text" in vectors:
+                t = time.perf_counter()
+                q = index.encoders.text.encode_query(text)
+                qvecs["text"] = q
+                timings["encode_text"] = _ms(t)
+                t = time.perf_counter()
+                lists["text"] = _vector_hits(vectors["text"], q, n, mask)
+                timings["text_ann"] = _ms(t)
+            if self.settings.image_model.startswith("open_clip") and "image" in vectors:
+                t = time.perf_counter()
+                q = index.encoders.image.encode_text([text])[0]
+                qvecs["text_image"] = q
+                lists["text_image"] = _vector_hits(vectors["image"], q, n, mask)
+                timings["text_image"] = _ms(t)
+        if image is not None:
+            if "image" not in vectors and "video" not in vectors:
+                raise InvalidQueryError("this index has no image or video vectors: search it by text")
+            t = time.perf_counter()
+            q = index.encoders.image.encode([image])[0]
+            qvecs["image"] = q
+            timings["encode_image"] = _ms(t)
+            t = time.perf_counter()
+            best: dict[int, float] = {}
+            for modality in ("image", "video"):  # a photo query matches photos and video frames
+                if modality in vectors:
+                    for row, score in _vector_hits(vectors[modality], q, n, mask):
+                        best[row] = max(score, best.get(row, -np.inf))
+            lists["image"] = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+            timings["image_ann"] = _ms(t)
+
+        t = time.perf_counter()
+        fuse = FUSERS[self.settings.fusion]
+        kwargs = {"k": self.settings.rrf_k} if self.settings.fusion == "rrf" else {}
+        weights = {s: self.settings.source_weights.get(s, 1.0) for s in lists}
+        fused = fuse(lists, weights, **kwargs)
+        cands: dict[int, Candidate] = {}
+        for source, ranked in lists.items():
+            for rank, (row, score) in enumerate(ranked, 1):
+                c = cands.get(row)
+                if c is None:
+                    c = cands[row] = Candidate(row=row, id=table.product(row).id, score=float(fused[row]))
+                    c.detail = details.get(row, {})
+                c.sources[source] = SourceHit(rank=rank, score=score)
+        ordered = sorted(cands.values(), key=lambda c: (-c.score, c.id))
+        timings["fuse"] = _ms(t)
+        return Retrieval(ordered, text, timings, qvecs)
+
+
+def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray) -> list[tuple[int, float]]:
+    scores, labels = index.search(query[None, :].astype(np.float32), n, allowed=mask)
+    return [(int(lab), float(s)) for s, lab in zip(scores[0], labels[0], strict=True) if lab >= 0]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

@@ -26,6 +26,11 @@ class Filters:
     price_max: float | None = None
     attributes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        # every backend then sees one spelling of the category path
+        if self.category is not None:
+            object.__setattr__(self, "category", normalize_category(self.category) or None)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Filters:
         """Build from the API/CLI form; raises InvalidQueryError naming the bad field."""

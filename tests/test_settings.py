@@ -1,0 +1,28 @@
+import pytest
+
+from shopsearch.errors import ConfigError
+from shopsearch.settings import load_settings
+
+
+def test_toml_env_and_overrides(tmp_path, monkeypatch):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('rrf_k = 10\ncandidates = 50\n[field_boosts]\ntitle = 5.0\n')
+    monkeypatch.setenv("SHOPSEARCH_CANDIDATES", "70")
+    s = load_settings(cfg, fusion="weighted")
+    assert s.rrf_k == 10  # from the file
+    assert s.candidates == 70  # environment beats the file
+    assert s.fusion == "weighted"  # explicit beats both
+    assert s.field_boosts == {"title": 5.0}
+
+
+def test_bad_settings_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="rrf_k"):
+        load_settings(None, rrf_k=0)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rrf_k = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="field_boosts"):
+        load_settings(None, field_boosts={"title": -1})

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.catalog import read_catalog
+from indexer.catalog import iter_catalogs
 from indexer.embcache import EmbeddingCache
 from indexer.encoders import load_image_encoder, load_text_encoder
 from indexer.encoders.base import ImageEncoder, TextEncoder
@@ -210,12 +210,9 @@ def build_index(
     base_wal = index_dir / "generations" / base_gen / "wal.jsonl" if base_gen else None
     base_wal_size = base_wal.stat().st_size if base_wal and base_wal.exists() else 0
 
-    products: dict[str, Product] = {}
-    for path in catalogs:
-        roots = settings.media_roots or None
-        for p in read_catalog(Path(path), field_map=field_map, media_roots=roots, report=report):
-            products[p.id] = p
-    items = list(products.values())
+    roots = settings.media_roots or None
+    paths = [Path(c) for c in catalogs]
+    items = list(iter_catalogs(paths, field_map=field_map, media_roots=roots, report=report))
     need_image = any(p.images or p.video for p in items)
 
     cache = EmbeddingCache(index_dir / "embcache.sqlite")
@@ -229,6 +226,7 @@ def build_index(
     for p in items:
         has_vec = p.id in encoded.text or p.id in encoded.image or p.id in encoded.video
         if not has_vec and not p.has_text():
+            report.accepted -= 1
             report.add(
                 file=None,
                 row=None,

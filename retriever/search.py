@@ -62,8 +62,16 @@ class Retriever:
         *,
         depth: int | None = None,
         explain: bool = False,
+        sources: set[str] | None = None,
     ) -> Retrieval:
+        """``sources`` restricts the run to some of bm25/text/text_image/image (evaluation runs
+        each alone); sources with weight 0 in the settings are skipped entirely."""
         filters = filters or Filters()
+        weights_cfg = self.settings.source_weights
+
+        def use(source: str) -> bool:
+            return (sources is None or source in sources) and weights_cfg.get(source, 1.0) > 0
+
         text = " ".join((text or "").split()) or None
         if text and len(text) > MAX_QUERY_CHARS:
             raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
@@ -85,7 +93,7 @@ class Retriever:
         lists: dict[str, list[tuple[int, float]]] = {}
         details: dict[int, dict[str, Any]] = {}
         qvecs: dict[str, np.ndarray] = {}
-        if text is not None:
+        if text is not None and use("bm25"):
             t = time.perf_counter()
             hits = lexical.search(text, n, filters, explain=explain)
             ranked = []
@@ -97,7 +105,8 @@ class Retriever:
                         details[row] = {"bm25_fields": dict(h.fields)}
             lists["bm25"] = ranked
             timings["bm25"] = _ms(t)
-            if "text" in vectors:
+        if text is not None:
+            if "text" in vectors and use("text"):
                 t = time.perf_counter()
                 q = index.encoders.text.encode_query(text)
                 qvecs["text"] = q
@@ -105,13 +114,14 @@ class Retriever:
                 t = time.perf_counter()
                 lists["text"] = _vector_hits(vectors["text"], q, n, mask)
                 timings["text_ann"] = _ms(t)
-            if self.settings.image_model.startswith("open_clip") and "image" in vectors:
+            clip = self.settings.image_model.startswith("open_clip")
+            if clip and "image" in vectors and use("text_image"):
                 t = time.perf_counter()
                 q = index.encoders.image.encode_text([text])[0]
                 qvecs["text_image"] = q
                 lists["text_image"] = _vector_hits(vectors["image"], q, n, mask)
                 timings["text_image"] = _ms(t)
-        if image is not None:
+        if image is not None and use("image"):
             if "image" not in vectors and "video" not in vectors:
                 raise InvalidQueryError("this index has no image or video vectors: search it by text")
             t = time.perf_counter()
@@ -130,7 +140,7 @@ class Retriever:
         t = time.perf_counter()
         fuse = FUSERS[self.settings.fusion]
         kwargs = {"k": self.settings.rrf_k} if self.settings.fusion == "rrf" else {}
-        weights = {s: self.settings.source_weights.get(s, 1.0) for s in lists}
+        weights = {s: weights_cfg.get(s, 1.0) for s in lists}
         fused = fuse(lists, weights, **kwargs)
         cands: dict[int, Candidate] = {}
         for source, ranked in lists.items():

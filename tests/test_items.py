@@ -9,14 +9,45 @@ from shopsearch.errors import InvalidQueryError
 
 def _table() -> ItemTable:
     t = ItemTable()
-    t.append(Product("h1", "Zip Hoodie", brand="Northpeak", category="Apparel > Tops > Hoodies", price=55.0,
-                     attributes={"color": "Black", "sizes": "S|M|L"}))
-    t.append(Product("h2", "Pullover Hoodie", brand="Urbanloom", category="Apparel>Tops>Hoodies", price=40.0,
-                     attributes={"color": "Gray", "sizes": "M|XL"}))
-    t.append(Product("t1", "Tee", brand="northpeak", category="Apparel > Tops > T-Shirts", price=15.0,
-                     attributes={"color": "Black"}))
-    t.append(Product("m1", "Mug", brand="Lumina Home", category="Home > Kitchen > Mugs",
-                     categories=["Gifts > Under 25"]))
+    t.append(
+        Product(
+            "h1",
+            "Zip Hoodie",
+            brand="Northpeak",
+            category="Apparel > Tops > Hoodies",
+            price=55.0,
+            attributes={"color": "Black", "sizes": "S|M|L"},
+        )
+    )
+    t.append(
+        Product(
+            "h2",
+            "Pullover Hoodie",
+            brand="Urbanloom",
+            category="Apparel>Tops>Hoodies",
+            price=40.0,
+            attributes={"color": "Gray", "sizes": "M|XL"},
+        )
+    )
+    t.append(
+        Product(
+            "t1",
+            "Tee",
+            brand="northpeak",
+            category="Apparel > Tops > T-Shirts",
+            price=15.0,
+            attributes={"color": "Black"},
+        )
+    )
+    t.append(
+        Product(
+            "m1",
+            "Mug",
+            brand="Lumina Home",
+            category="Home > Kitchen > Mugs",
+            categories=["Gifts > Under 25"],
+        )
+    )
     return t
 
 

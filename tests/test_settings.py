@@ -6,7 +6,7 @@ from shopsearch.settings import load_settings
 
 def test_toml_env_and_overrides(tmp_path, monkeypatch):
     cfg = tmp_path / "s.toml"
-    cfg.write_text('rrf_k = 10\ncandidates = 50\n[field_boosts]\ntitle = 5.0\n')
+    cfg.write_text("rrf_k = 10\ncandidates = 50\n[field_boosts]\ntitle = 5.0\n")
     monkeypatch.setenv("SHOPSEARCH_CANDIDATES", "70")
     s = load_settings(cfg, fusion="weighted")
     assert s.rrf_k == 10  # from the file

@@ -207,6 +207,7 @@ def _serve(settings: Settings) -> None:
 @app.command()
 def demo(
     index_dir: IndexOpt = Path("index"),
+    catalog: Annotated[Path, typer.Option(help="Catalog to index.")] = SAMPLE_CATALOG,
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Start the web server after indexing.")
@@ -216,10 +217,12 @@ def demo(
     from indexer.store import build_index
     from reranker.pipeline import SearchPipeline, SearchRequest
 
-    if not SAMPLE_CATALOG.exists():
-        raise ShopSearchError(f"sample catalog not found at {SAMPLE_CATALOG} (run from a clone of the repo)")
+    if not catalog.exists():
+        raise ShopSearchError(
+            f"catalog not found at {catalog} (run from a clone of the repo, or pass --catalog)"
+        )
     settings = _settings(None, index_dir=index_dir, port=port)
-    result = build_index([SAMPLE_CATALOG], settings.index_dir, settings)
+    result = build_index([catalog], settings.index_dir, settings)
     typer.echo(result.report.summary())
     typer.echo(f"indexed {result.counts['items']} items in {result.seconds:.1f} s into {result.path}")
     pipeline = SearchPipeline.open(settings.index_dir, settings)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shopsearch.errors import ConfigError
 
@@ -114,3 +114,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             f"{'.'.join(str(x) for x in err['loc']) or '?'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:  # e.g. a SHOPSEARCH_* variable that should be JSON and is not
+        raise ConfigError(f"invalid settings in the environment: {exc}") from None

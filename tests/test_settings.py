@@ -26,3 +26,9 @@ def test_bad_settings_name_the_key(tmp_path):
         load_settings(bad)
     with pytest.raises(ConfigError, match="field_boosts"):
         load_settings(None, field_boosts={"title": -1})
+
+
+def test_bad_json_in_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("SHOPSEARCH_CORS_ORIGINS", "not json")
+    with pytest.raises(ConfigError, match="CORS_ORIGINS|cors_origins"):
+        load_settings(None)

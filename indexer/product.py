@@ -40,8 +40,16 @@ class Product:
         return " ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.attributes.items())
 
     def embedding_text(self) -> str:
-        """The text the text encoder sees: the fields a shopper would read, most telling first."""
-        parts = [self.title, self.brand, self.category.replace(" > ", " "), self.description]
+        """The text the text encoder sees: the fields a shopper would read, most telling first.
+
+        Short attribute values (colour, material...) go before the description so that a model
+        with a 256-token window never truncates them away and a long description cannot drown
+        them out.
+        """
+        attrs = ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in self.attributes.items() if len(str(v)) <= 40
+        )[:300]
+        parts = [self.title, self.brand, self.category.replace(" > ", " "), attrs, self.description]
         return ". ".join(p.strip() for p in parts if p and p.strip())[:2000]
 
     def has_text(self) -> bool:

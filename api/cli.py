@@ -236,6 +236,11 @@ def demo(
         _serve(settings)
 
 
+from api.eval_cli import register as _register_eval  # noqa: E402 - keeps eval's imports out of startup
+
+_register_eval(app)
+
+
 def main() -> None:
     """Console entry point: map user errors to one line on stderr and exit code 2."""
     try:

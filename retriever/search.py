@@ -8,6 +8,7 @@ indexes as a boolean row mask (which also hides deleted and replaced rows).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +64,13 @@ class Retriever:
         depth: int | None = None,
         explain: bool = False,
         sources: set[str] | None = None,
+        query_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> Retrieval:
         """``sources`` restricts the run to some of bm25/text/text_image/image (evaluation runs
-        each alone); sources with weight 0 in the settings are skipped entirely."""
+        each alone); sources with weight 0 in the settings are skipped entirely.
+        ``query_vectors`` passes precomputed normalised query vectors by source (batch
+        evaluation encodes all queries at once) instead of calling the encoders."""
+        given = query_vectors or {}
         filters = filters or Filters()
         weights_cfg = self.settings.source_weights
 
@@ -108,7 +113,7 @@ class Retriever:
         if text is not None:
             if "text" in vectors and use("text"):
                 t = time.perf_counter()
-                q = index.encoders.text.encode_query(text)
+                q = given["text"] if "text" in given else index.encoders.text.encode_query(text)
                 qvecs["text"] = q
                 timings["encode_text"] = _ms(t)
                 t = time.perf_counter()
@@ -117,7 +122,11 @@ class Retriever:
             clip = self.settings.image_model.startswith("open_clip")
             if clip and "image" in vectors and use("text_image"):
                 t = time.perf_counter()
-                q = index.encoders.image.encode_text([text])[0]
+                q = (
+                    given["text_image"]
+                    if "text_image" in given
+                    else index.encoders.image.encode_text([text])[0]
+                )
                 qvecs["text_image"] = q
                 lists["text_image"] = _vector_hits(vectors["image"], q, n, mask)
                 timings["text_image"] = _ms(t)
@@ -125,7 +134,7 @@ class Retriever:
             if "image" not in vectors and "video" not in vectors:
                 raise InvalidQueryError("this index has no image or video vectors: search it by text")
             t = time.perf_counter()
-            q = index.encoders.image.encode([image])[0]
+            q = given["image"] if "image" in given else index.encoders.image.encode([image])[0]
             qvecs["image"] = q
             timings["encode_image"] = _ms(t)
             t = time.perf_counter()

@@ -70,7 +70,7 @@ class ItemEncoder:
         items = [(p.id, p.embedding_text()) for p in products if p.has_text() or p.brand or p.category]
         items = [(i, t) for i, t in items if t]
         keys = [text_key(self.text.name, t) for _, t in items]
-        cached = self.cache.get_many(keys) if self.cache else {}
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
         todo = [(i, t, k) for (i, t), k in zip(items, keys, strict=True) if k not in cached]
         for (item_id, _), key in zip(items, keys, strict=True):
             if key in cached:
@@ -83,7 +83,7 @@ class ItemEncoder:
         for (item_id, _, key), v in zip(todo, vecs, strict=True):
             out.text[item_id] = v
             new[key] = v
-        if self.cache:
+        if self.cache is not None:
             self.cache.put_many(new)
 
     # ----------------------------------------------------------------- images
@@ -107,7 +107,7 @@ class ItemEncoder:
                     )
                     continue
                 refs.append((p, path, key))
-        cached = self.cache.get_many([k for _, _, k in refs]) if self.cache else {}
+        cached = self.cache.get_many([k for _, _, k in refs]) if self.cache is not None else {}
         per_item: dict[str, list[np.ndarray]] = {}
         todo = []
         for p, path, key in refs:
@@ -141,7 +141,7 @@ class ItemEncoder:
                 for (p, _, key), v in zip(ok, vecs, strict=True):
                     per_item.setdefault(p.id, []).append(v)
                     new[key] = v
-                if self.cache:
+                if self.cache is not None:
                     self.cache.put_many(new)
             bar.update(len(chunk))
         bar.close()
@@ -162,14 +162,14 @@ class ItemEncoder:
             assert p.video is not None
             try:
                 key = file_key(f"{self.image.name}:video{self.video_frames}", Path(p.video))
-                hit = self.cache.get_many([key]) if self.cache else {}
+                hit = self.cache.get_many([key]) if self.cache is not None else {}
                 if key in hit:
                     out.video[p.id] = hit[key]
                     continue
                 vec = encode_video(p.video, self.image, n_frames=self.video_frames)
                 self.encoded_counts["video"] += 1
                 out.video[p.id] = vec
-                if self.cache:
+                if self.cache is not None:
                     self.cache.put_many({key: vec})
             except (MediaError, OSError) as exc:
                 reason = exc.message if isinstance(exc, MediaError) else str(exc)

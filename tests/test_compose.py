@@ -46,6 +46,16 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
+def _shopsearch_services(compose: dict) -> dict[str, dict]:
+    """The services built from this repository (the others, like opensearch, are third-party images)."""
+    return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+def _host_port(mapping: str) -> str:
+    """'8000:8000' -> '8000'; '127.0.0.1:9200:9200' -> '127.0.0.1:9200' (host address and port)."""
+    return mapping.rsplit(":", 1)[0]
+
+
 def _args(instructions: list[tuple[str, str]], name: str) -> list[str]:
     return [rest for word, rest in instructions if word == name]
 
@@ -82,22 +92,23 @@ def test_named_volumes_are_declared(compose: dict) -> None:
 
 
 def test_healthchecks_hit_health_on_the_served_port(compose: dict) -> None:
-    for name, svc in compose["services"].items():
+    for name, svc in _shopsearch_services(compose).items():
         test = " ".join(svc["healthcheck"]["test"])
         assert "/health" in test and ":8000/" in test, name
         assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
 
 
 def test_host_ports_do_not_clash(compose: dict) -> None:
-    hosts = [str(p).split(":")[0] for svc in compose["services"].values() for p in svc.get("ports", [])]
-    assert len(hosts) == len(set(hosts))
+    hosts = [_host_port(str(p)) for svc in compose["services"].values() for p in svc.get("ports", [])]
+    ports = [h.rsplit(":", 1)[-1] for h in hosts]
+    assert len(ports) == len(set(ports)), hosts
 
 
 def test_environment_names_real_settings(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unknown SHOPSEARCH_* variables are silently ignored by pydantic-settings: catch typos here,
     and check that every example value is accepted."""
     fields = set(Settings.model_fields)
-    for name, svc in compose["services"].items():
+    for name, svc in _shopsearch_services(compose).items():
         env = svc["environment"]
         assert "SHOPSEARCH_API_KEY" in env, name
         for key, value in env.items():
@@ -132,8 +143,35 @@ def test_gpu_profile(compose: dict, dockerfile: list[tuple[str, str]], pyproject
     assert gpu["command"] == SERVE_CMD
 
 
-def test_no_opensearch_service_yet(compose: dict) -> None:
-    assert not any("opensearch" in name for name in compose["services"])
+# --- OpenSearch
+def test_opensearch_service(compose: dict, pyproject: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose["services"]
+    node = services["opensearch"]
+    image, _, tag = node["image"].partition(":")
+    assert image == "opensearchproject/opensearch" and tag.split(".")[0] == "2", "OpenSearch 2.x"
+    assert node["environment"]["discovery.type"] == "single-node"
+    assert "opensearch" in node["profiles"], "OpenSearch starts only when asked for"
+    assert any(str(v).endswith(":/usr/share/opensearch/data") for v in node["volumes"])
+    assert [_host_port(str(p)) for p in node["ports"]] == ["127.0.0.1:9200"], "not exposed beyond loopback"
+    health = " ".join(node["healthcheck"]["test"])
+    assert "_cluster/health" in health and ":9200/" in health
+    assert "Three nodes" in (REPO / "docker-compose.yml").read_text(), "a note on the 3-node setup"
+
+    api = services["api-opensearch"]
+    assert "opensearch" in api["profiles"] and api["command"] == SERVE_CMD
+    assert api["depends_on"]["opensearch"]["condition"] == "service_healthy"
+    env = api["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, _interpolate(str(value)))
+    settings = load_settings()
+    assert settings.lexical_backend == "opensearch"
+    assert settings.opensearch_urls == ["http://opensearch:9200"]  # the service name on the compose network
+    assert settings.opensearch_replicas == 0  # one node cannot host replicas
+    volumes = {str(v).split(":")[0] for v in api["volumes"]}
+    assert volumes.isdisjoint({str(v).split(":")[0] for v in services["api"]["volumes"]}), "own index dir"
+    deps = " ".join(pyproject["project"]["dependencies"])
+    assert "opensearch-py" in deps
+    assert any("osmem-server" in d for d in pyproject["project"]["optional-dependencies"]["dev"])
 
 
 def test_dockerfile_basics(dockerfile: list[tuple[str, str]], pyproject: dict) -> None:

@@ -223,3 +223,13 @@ def test_kill_9_during_indexing_leaves_previous_generation_complete(tmp_path):
     # the next build cleans the abandoned .tmp generation and succeeds
     build_index([small], index_dir, settings, progress=False)
     assert not list((index_dir / "generations").glob("*.tmp"))
+
+
+def test_rebuild_of_unchanged_catalog_encodes_nothing(tmp_path, built):
+    _, catalog, _, _, _ = built
+    index_dir = tmp_path / "idx"
+    settings = load_settings(None, index_dir=index_dir)
+    first = build_index([catalog], index_dir, settings, progress=False)
+    assert first.encoded["text"] == 8 and first.encoded["image"] == 8
+    again = build_index([catalog], index_dir, settings, progress=False)
+    assert again.encoded == {"text": 0, "image": 0, "video": 0}

@@ -49,3 +49,18 @@ class LexicalIndex(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles/locks."""
+
+    # --- hooks for server-backed engines (OpenSearch); embedded engines keep the no-op defaults
+
+    def publish(self) -> None:  # noqa: B027 - optional hook
+        """Called by the store right before this index's generation becomes CURRENT: an engine with
+        its own pointer to the live index (OpenSearch's alias) moves it here, atomically."""
+
+    def drop(self) -> None:  # noqa: B027 - optional hook
+        """Free what this index holds outside its directory (OpenSearch: the physical index) when the
+        store removes its generation."""
+
+    def take_rejected(self) -> list[tuple[str, str]]:
+        """(id, reason) of documents the engine refused for good since the last call, so the store
+        can report them as ingest issues; they are never counted as indexed."""
+        return []

@@ -1,0 +1,223 @@
+"""Serving the collaborative-filtering model: the "cf" candidate source, personalisation and
+similar items.
+
+The model is loaded lazily from ``INDEX/cf/CURRENT`` on first use and swapped (no downtime) when
+a new generation is published: checked at most once per ``reload_interval`` seconds, or at once
+through :meth:`CFSource.reload` (``POST /admin/reload``). CF items are ids; the live item table
+maps them to rows, so the same boolean row mask as every other source (filters, deletions)
+applies, and an item deleted from the catalog never comes back through CF.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.cf.model import CFModel
+from indexer.cf.train import CF_DIR
+from indexer.interactions import user_key_for
+from indexer.items import ItemTable
+from shopsearch.errors import IndexCorruptError, ItemNotFoundError
+from shopsearch.settings import Settings
+
+
+@dataclass
+class CFHits:
+    hits: list[tuple[int, float]]  # (row, score), best first
+    details: dict[int, dict[str, Any]]  # row -> explain detail (only when asked)
+    match: str | None
+    personalised: bool
+
+
+@dataclass
+class _Loaded:
+    generation: str
+    model: CFModel
+    # (id(table), table.n_rows) -> CF item number -> row (-1 = not in the catalog)
+    rows_key: tuple[int, int] | None = None
+    rows: np.ndarray | None = None
+
+
+class CFSource:
+    """Thread-safe holder of the live CF model of one index."""
+
+    def __init__(self, index_dir: Path, settings: Settings, reload_interval: float = 1.0) -> None:
+        self.index_dir = Path(index_dir)
+        self.settings = settings
+        self.reload_interval = reload_interval
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self._stamp: tuple[int, str] | None = None
+        self._checked = -np.inf
+        self._salted_users: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- loading
+    def _current(self) -> tuple[int, str] | None:
+        path = self.index_dir / CF_DIR / "CURRENT"
+        try:
+            st = path.stat()
+            name = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, name) if name else None
+
+    def _refresh(self, force: bool = False) -> _Loaded | None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.reload_interval:
+            return self._loaded
+        with self._lock:
+            if not force and now - self._checked < self.reload_interval:
+                return self._loaded
+            self._checked = now
+            stamp = self._current()
+            if stamp is None:
+                self._loaded, self._stamp = None, None
+                return None
+            if stamp == self._stamp and self._loaded is not None:
+                return self._loaded
+            folder = self.index_dir / CF_DIR / stamp[1]
+            try:
+                model = CFModel.load(folder)
+            except IndexCorruptError:
+                if self._loaded is not None:  # keep serving the previous model
+                    return self._loaded
+                raise
+            self._loaded = _Loaded(stamp[1], model)
+            self._stamp = stamp
+            return self._loaded
+
+    def reload(self) -> str | None:
+        """Load the newest published CF generation now; returns its name (None: no CF model)."""
+        loaded = self._refresh(force=True)
+        return loaded.generation if loaded else None
+
+    def available(self) -> bool:
+        return self._refresh() is not None
+
+    def info(self) -> dict[str, Any]:
+        loaded = self._refresh()
+        if loaded is None:
+            return {"trained": False}
+        m = loaded.model.manifest
+        return {
+            "trained": True,
+            "generation": loaded.generation,
+            "model": m.get("model"),
+            "created": m.get("created"),
+            "counts": m.get("counts", {}),
+            "params": m.get("params", {}),
+            "holdout": m.get("holdout", {}),
+        }
+
+    # ----------------------------------------------------------------- mapping
+    def _rows(self, loaded: _Loaded, table: ItemTable) -> np.ndarray:
+        key = (id(table), table.n_rows)
+        if loaded.rows_key != key or loaded.rows is None:
+            get = table.id_to_row.get
+            loaded.rows = np.fromiter(
+                (get(i, -1) for i in loaded.model.item_ids), dtype=np.int64, count=loaded.model.n_items
+            )
+            loaded.rows_key = key
+        return loaded.rows
+
+    @staticmethod
+    def _allowed(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        ok = (rows >= 0) & (rows < len(mask))
+        allowed = np.zeros(len(rows), dtype=bool)
+        allowed[ok] = mask[rows[ok]]
+        return allowed
+
+    def user_key(self, user_id: str) -> str:
+        """The stored form of a user id (hashed with the index's salt when ids are hashed)."""
+        if not self.settings.hash_user_ids:
+            return user_id
+        key = self._salted_users.get(user_id)
+        if key is None:
+            key = user_key_for(self.index_dir, self.settings, user_id)
+            if len(self._salted_users) > 100_000:
+                self._salted_users.clear()
+            self._salted_users[user_id] = key
+        return key
+
+    # ----------------------------------------------------------------- queries
+    def candidates(
+        self,
+        text: str | None,
+        n: int,
+        table: ItemTable,
+        mask: np.ndarray,
+        *,
+        user_id: str | None = None,
+        explain: bool = False,
+    ) -> CFHits | None:
+        """CF candidates for a query (and user) among the rows ``mask`` allows; None without a model."""
+        loaded = self._refresh()
+        if loaded is None:
+            return None
+        model = loaded.model
+        rows = self._rows(loaded, table)
+        allowed = self._allowed(rows, mask)
+        user = self.user_key(user_id) if user_id else None
+        scored = model.score_query(text, n, user=user, allowed=allowed, explain=explain)
+        hits = [(int(rows[i]), float(s)) for i, s in zip(scored.items, scored.scores, strict=True)]
+        details: dict[int, dict[str, Any]] = {}
+        if explain and len(scored.items):
+            p = scored.parts
+            for k, (row, _s) in enumerate(hits):
+                details[row] = {
+                    "match": scored.match,
+                    "match_score": round(scored.match_score, 3),
+                    "log_p_click": round(float(p["graph"][k]), 4),
+                    "factor_score": round(float(p["als"][k]), 4),
+                    "user_score": round(float(p["user"][k]), 4) if scored.personalised else None,
+                    "interactions": round(float(p["interactions"][k]), 3),
+                    "cold_start": bool(p["interactions"][k] == 0),
+                }
+        return CFHits(hits, details, scored.match, scored.personalised)
+
+    def similar(
+        self, item_id: str, n: int, table: ItemTable, mask: np.ndarray, vectors: dict[str, Any] | None = None
+    ) -> list[tuple[int, float, str]]:
+        """(row, score, 'pmi'|'factors'|'content') of items like ``item_id``; [] without a model."""
+        row = table.id_to_row.get(item_id)
+        if row is None:
+            raise ItemNotFoundError(f"no item with id {item_id!r}")
+        loaded = self._refresh()
+        if loaded is None:
+            return []
+        model = loaded.model
+        rows = self._rows(loaded, table)
+        allowed = self._allowed(rows, mask)
+        i = model.item_index.get(item_id)
+        if i is not None:
+            allowed[i] = False
+            items, scores, how = model.similar(i, n, allowed)
+        else:  # an item added after training: map its content vector into the CF space
+            vec = self._content_vector(model, row, vectors or {})
+            if vec is None:
+                return []
+            items, scores = model.nearest(vec, n, allowed)
+            how = ["content"] * len(items)
+        return [(int(rows[j]), float(s), h) for j, s, h in zip(items, scores, how, strict=True)]
+
+    @staticmethod
+    def _content_vector(model: CFModel, row: int, vectors: dict[str, Any]) -> np.ndarray | None:
+        if model.mapper is None:
+            return None
+        parts = []
+        for modality in model.manifest.get("content_modalities", []):
+            index = vectors.get(modality)
+            if index is None:
+                return None
+            if index.contains(np.asarray([row]))[0]:
+                parts.append(index.vectors_for(np.asarray([row]))[0])
+            else:
+                return None
+        if not parts:
+            return None
+        return model.map_content(np.concatenate(parts))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -128,6 +128,10 @@ class SearchIn(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (pagination).")
     filters: FiltersIn | None = None
     explain: bool = Field(False, description="Add per-source ranks and scores to every result.")
+    # --- collaborative filtering
+    user_id: str | None = Field(
+        None, min_length=1, max_length=512, description="Shopper id: personalises the 'cf' source."
+    )
 
 
 class SearchResultOut(BaseModel):
@@ -186,6 +190,18 @@ class ProductIn(BaseModel):
             elif value:
                 refs.extend(value)
         return [r for r in refs if r.strip()]
+
+
+# --- collaborative filtering
+class EventsIn(BaseModel):
+    """Interaction events; each one is validated on its own (bad ones are reported, not fatal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+# --- end collaborative filtering
 
 
 class BatchIn(BaseModel):
@@ -594,8 +610,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if event_store:  # --- collaborative filtering
+            event_store.pop().close()
         if owned:
             pipeline.close()
+
+    event_store: list[Any] = []  # --- collaborative filtering: opened on the first POST /events
 
     app = FastAPI(
         default_response_class=_JSON,
@@ -650,7 +670,12 @@ def create_app(
         """Text search (or browse, without a query) with filters, pagination and facets."""
         filters = body.filters.to_filters() if body.filters else Filters()
         req = SearchRequest(
-            text=body.query, k=body.k, offset=body.offset, filters=filters, explain=body.explain
+            text=body.query,
+            k=body.k,
+            offset=body.offset,
+            filters=filters,
+            explain=body.explain,
+            user_id=body.user_id,
         )
         return _JSON(run_search(request, req))
 
@@ -703,6 +728,49 @@ def create_app(
         # the folders of the indexed catalogs (the default root when a build had none)
         roots = [Path(r) for r in (*settings.media_roots, *pipeline.settings.media_roots)]
         return roots + [Path(c).parent for c in pipeline.index.manifest.get("catalogs", [])]
+
+    # --- collaborative filtering
+    @app.get("/items/{item_id:path}/similar", tags=["items"])
+    def similar_items(
+        request: Request, item_id: ItemId, k: int = Query(10, ge=1, le=MAX_PAGE)
+    ) -> dict[str, Any]:
+        """Items shoppers engaged with together (PMI), then nearest in the CF space; items added
+        after the last training are placed by their content vectors (cold start)."""
+        index = pipeline.index
+        index.maybe_reload()
+        table = index.table
+        hits = pipeline.retriever.cf.similar(item_id, k, table, table.mask(), index.vectors)
+        results = []
+        for row, score, source in hits:
+            product = table.rows[row]
+            if product is not None:
+                results.append({**_product_out(request, product), "score": round(score, 6), "source": source})
+        return {"id": item_id, "results": results, "cf": pipeline.retriever.cf.info().get("generation")}
+
+    @app.post("/events", tags=["events"], dependencies=[Depends(require_key)])
+    def post_events(body: EventsIn) -> dict[str, Any]:
+        """Record up to 1000 interactions (view, click, add_to_cart, purchase); durable on return.
+        Events without a timestamp get the server's time."""
+        from indexer.interactions import EventStore
+
+        if not event_store:
+            event_store.append(EventStore(pipeline.index.index_dir, pipeline.settings))
+        store = event_store[0]
+        table = pipeline.index.table
+        report = store.ingest(
+            enumerate(body.events),
+            "request",
+            known_item=lambda i: table.get(i) is not None,
+            default_time=time.time(),
+        )
+        out = report.to_dict()
+        out.pop("files", None)
+        for issue in out["issues"]:
+            issue["field"] = f"events.{issue.pop('row')}" + (f".{issue['field']}" if issue["field"] else "")
+            issue.pop("source", None)
+        return out
+
+    # --- end collaborative filtering
 
     @app.get("/items/{item_id:path}", tags=["items"])
     def get_item(request: Request, item_id: ItemId) -> dict[str, Any]:
@@ -822,6 +890,7 @@ def create_app(
             "status": "reloaded",
             "generation": pipeline.index.generation,
             "items": len(pipeline.index.table),
+            "cf_generation": pipeline.retriever.cf.reload(),  # --- collaborative filtering
         }
 
     # ------------------------------------------------------------------ web page

@@ -200,7 +200,11 @@ def _serve(settings: Settings) -> None:
         f"(API docs at /docs)"
     )
     uvicorn.run(
-        create_app(pipeline, settings=settings), host=settings.host, port=settings.port, log_level="info"
+        create_app(pipeline, settings=settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,  # off by default: /metrics counts requests at a fraction of the cost
     )
 
 
@@ -239,6 +243,224 @@ def demo(
 from api.eval_cli import register as _register_eval  # noqa: E402 - keeps eval's imports out of startup
 
 _register_eval(app)
+
+
+# --- collaborative filtering
+events_app = typer.Typer(no_args_is_help=True, help="Interaction events (views, clicks, carts, purchases).")
+app.add_typer(events_app, name="events")
+
+EventsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--events", "-e", help="Event file: .jsonl, .csv, .tsv or .parquet (repeatable)."),
+]
+EventMapOpt = Annotated[
+    list[str] | None, typer.Option("--map", help="Map your column to ours, e.g. --map sku=item_id.")
+]
+CheckItemsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--check-items/--no-check-items", help="Refuse events whose item is not in the index's catalog."
+    ),
+]
+
+
+def _import_events(
+    settings: Settings, files: list[Path], field_map: list[str] | None, check_items: bool, quiet: bool
+) -> None:
+    from indexer.interactions import EventStore
+    from indexer.store import LiveIndex, current_generation
+
+    known = None
+    if check_items and current_generation(settings.index_dir) is not None:
+        table = LiveIndex(settings.index_dir, settings).table
+        known = lambda item_id: table.get(item_id) is not None  # noqa: E731
+    with EventStore(settings.index_dir, settings) as store:
+        report = store.import_files(
+            files, known_item=known, field_map=_parse_pairs(field_map, "--map") or None, progress=not quiet
+        )
+        total = store.count()
+    typer.echo(report.summary())
+    typer.echo(f"event store {settings.index_dir / 'events'} now holds {total} events")
+
+
+@events_app.command("import")
+def events_import(
+    files: Annotated[list[Path], typer.Argument(help="Event files: .jsonl, .csv, .tsv or .parquet.")],
+    index_dir: IndexOpt = Path("index"),
+    config: ConfigOpt = None,
+    field_map: EventMapOpt = None,
+    check_items: CheckItemsOpt = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Validate and append events to the index's durable event store (bad events are reported)."""
+    _import_events(_settings(config, index_dir=index_dir), files, field_map, check_items, quiet)
+
+
+@events_app.command("stats")
+def events_stats(index_dir: IndexOpt = Path("index"), config: ConfigOpt = None) -> None:
+    """Counts of the stored events by type, and their time range."""
+    from indexer.interactions import EventStore
+    from shopsearch.errors import IndexNotFoundError
+
+    settings = _settings(config, index_dir=index_dir)
+    if not (settings.index_dir / "events").is_dir():
+        raise IndexNotFoundError(f"no event store in {settings.index_dir}: run 'shopsearch events import'")
+    with EventStore(settings.index_dir, settings) as store:
+        typer.echo(json.dumps(store.stats(), indent=2))
+
+
+@app.command("train-cf")
+def train_cf(
+    index_dir: IndexOpt = Path("index"),
+    config: ConfigOpt = None,
+    events: EventsOpt = None,
+    field_map: EventMapOpt = None,
+    check_items: CheckItemsOpt = True,
+    model: Annotated[str | None, typer.Option(help="als (implicit) or gmf (torch).")] = None,
+    tune: Annotated[
+        bool | None, typer.Option("--tune/--no-tune", help="Tune blend weights on the newest 10%.")
+    ] = None,
+    cold_start: Annotated[
+        bool, typer.Option("--cold-start/--no-cold-start", help="Map content vectors of cold items.")
+    ] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Import --events files (if any), then train the CF models on every stored event and publish
+    them; a running server picks them up within a second (or on POST /admin/reload)."""
+    from indexer.cf import train_cf as run_training
+
+    settings = _settings(config, index_dir=index_dir, cf_model=model, cf_tune=tune)
+    if events:
+        _import_events(settings, events, field_map, check_items, quiet)
+    report = run_training(settings.index_dir, settings, progress=not quiet, cold_start=cold_start)
+    typer.echo(report.summary())
+    typer.echo(f"published {report.generation} at {report.path}")
+
+
+# --- end collaborative filtering
+
+
+# --- fusion model
+@app.command("train-fusion")
+def train_fusion_cmd(
+    index_dir: IndexOpt = Path("index"),
+    config: ConfigOpt = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="TRAINING queries (qid<TAB>text); never your test queries.")
+    ] = None,
+    qrels: Annotated[Path | None, typer.Option(help="TREC qrels for --queries (qid 0 docid grade).")] = None,
+    exclude_ids: Annotated[
+        Path | None, typer.Option(help="File of item ids (one a line) never to train on, e.g. held out.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Pairs per step.")] = None,
+    photo_views: Annotated[
+        int | None, typer.Option(help="Augmented photo views to encode (and cache) per item; 0: none.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (runs are deterministic).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this long.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train the multimodal fusion model on the index's stored vectors (nothing is re-encoded) and
+    publish fused vectors for the live generation; later builds and upserts use it too."""
+    from dataclasses import replace
+
+    from indexer.fusion.train import TrainConfig, train_fusion
+
+    settings = _settings(config, index_dir=index_dir)
+    if (queries is None) != (qrels is None):
+        raise typer.BadParameter("--queries and --qrels go together")
+    texts = judgments = None
+    if queries is not None and qrels is not None:
+        from evaluation.qrels import read_qrels, read_queries
+
+        texts, judgments = read_queries(queries), read_qrels(qrels)
+    excluded = None
+    if exclude_ids is not None:
+        try:
+            excluded = {line.strip() for line in exclude_ids.read_text(encoding="utf-8").splitlines()}
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read --exclude-ids {exclude_ids}: {exc}") from None
+        excluded.discard("")
+    cfg = TrainConfig.from_settings(settings)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "photo_views": photo_views, "seed": seed}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None}, max_minutes=max_minutes)
+    result = train_fusion(
+        settings.index_dir,
+        settings,
+        queries=texts,
+        qrels=judgments,
+        exclude_ids=excluded,
+        config=cfg,
+        progress=not quiet,
+        log=typer.echo,
+    )
+    pub = result.publish
+    typer.echo(
+        f"best epoch {result.best_epoch}: validation {result.val_best.get('score', 0):.4f} "
+        f"(untrained {result.val_start.get('score', 0):.4f}); model in {result.model_dir}; "
+        f"{pub.get('count', 0)} fused vectors for {pub.get('generation')} ({pub.get('version')}) "
+        f"in {result.seconds:.0f} s"
+    )
+
+
+# --- end fusion model
+
+
+# --- re-ranker
+@app.command("train-reranker")
+def train_reranker_cmd(
+    queries: Annotated[Path, typer.Option(help="TRAINING queries (qid<TAB>text).")],
+    qrels: Annotated[Path, typer.Option(help="TREC qrels for --queries (qid 0 docid grade).")],
+    index_dir: IndexOpt = Path("index"),
+    config: ConfigOpt = None,
+    split_train_only: Annotated[
+        bool, typer.Option("--split-train-only", help="Keep only the train half of the hash split.")
+    ] = False,
+    model: Annotated[str, typer.Option(help="'transformer' or 'lambdamart' (the baseline).")] = "transformer",
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed (runs are deterministic).")] = 0,
+    augment: Annotated[bool, typer.Option(help="Query perturbations, list crops, dropped features.")] = True,
+    adversarial: Annotated[str, typer.Option(help="'fgm', 'pgd' or 'none'.")] = "fgm",
+    cross_attention: Annotated[bool, typer.Option(help="Candidates attend to each other.")] = True,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: INDEX/models/reranker).")] = (
+        None
+    ),
+    cache: Annotated[Path | None, typer.Option(help="Folder to cache candidate lists in.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train the listwise re-ranker on judged queries; a running server swaps it in by itself."""
+    from reranker.train import TrainConfig, train_reranker
+
+    if model not in ("transformer", "lambdamart"):
+        raise typer.BadParameter(f"--model must be transformer or lambdamart, got {model!r}")
+    settings = _settings(config, index_dir=index_dir)
+    cfg = TrainConfig(
+        epochs=epochs,
+        seed=seed,
+        augment=augment,
+        adversarial=adversarial,  # type: ignore[arg-type] - TrainConfig validates it
+        cross_attention=cross_attention,
+        threads=threads,
+    )
+    run = train_reranker(
+        settings.index_dir,
+        queries,
+        qrels,
+        settings=settings,
+        cfg=cfg,
+        kind=model,  # type: ignore[arg-type]
+        split_train_only=split_train_only,
+        out=out,
+        cache=cache,
+        progress=not quiet,
+        log=typer.echo,
+    )
+    typer.echo(f"{run.kind} re-ranker in {run.model_dir} (best epoch {run.best_epoch}, {run.seconds})")
+
+
+# --- end re-ranker
 
 
 def main() -> None:

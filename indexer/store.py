@@ -44,7 +44,7 @@ from indexer.encoders import load_image_encoder, load_text_encoder
 from indexer.encoders.base import ImageEncoder, TextEncoder
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
-from indexer.lexical import open_lexical_index
+from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.vector import load_vector_index, make_vector_index
@@ -130,8 +130,12 @@ class Encoders:
     def text(self) -> TextEncoder:
         with self._lock:
             if self._text is None:
+                backend = self.settings.query_encoder  # auto = int8 ONNX queries, torch fallback
                 self._text = load_text_encoder(
-                    self.settings.text_model, query_backend=self.settings.query_encoder
+                    self.settings.text_model,
+                    query_backend="onnx" if backend == "onnx-int8" else backend,
+                    quantized=backend in ("auto", "onnx-int8"),
+                    query_cache_size=self.settings.query_cache_size,
                 )
             return self._text
 
@@ -265,14 +269,25 @@ def build_index(
             "dim": int(matrix.shape[1]),
         }
 
+    # --- fusion model (indexer.fusion): fused vectors when INDEX/models/fusion/ holds a model
+    from indexer.fusion.sidecar import fuse_build
+
+    fused_info = fuse_build(index_dir, tmp, table, encoded, settings, report)
+    # --- end fusion model
+
     lexical = open_lexical_index(
-        tmp / "lexical", backend=settings.lexical_backend, field_boosts=settings.field_boosts, create=True
+        tmp / "lexical",
+        backend=settings.lexical_backend,
+        field_boosts=settings.field_boosts,
+        create=True,
+        settings=settings,
     )
     try:
         batch = 5000
         for start in range(0, table.n_rows, batch):
             lexical.upsert([table.product(r) for r in range(start, min(start + batch, table.n_rows))])
         lexical.commit()
+        _report_rejected(lexical, report)
     finally:
         lexical.close()
 
@@ -295,6 +310,8 @@ def build_index(
         "settings": _settings_fingerprint(settings),
         "ingest": report.to_dict().get("counts", {}),
     }
+    if fused_info:  # --- fusion model
+        manifest["fused"] = fused_info
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (tmp / "wal.jsonl").touch()
     for f in tmp.rglob("*"):
@@ -312,9 +329,15 @@ def build_index(
                 os.fsync(dst.fileno())
         os.rename(tmp, final)
         _fsync_dir(gens)
+        # a server-side engine (OpenSearch) moves its alias here; a failure keeps the old generation
+        live = open_lexical_index(final / "lexical", backend=settings.lexical_backend, settings=settings)
+        try:
+            live.publish()
+        finally:
+            live.close()
         _atomic_write(index_dir / "CURRENT", name + "\n")
     report.save(index_dir / "ingest_report.json")
-    _cleanup_generations(index_dir, keep=name)
+    _cleanup_generations(index_dir, keep=name, settings=settings)
     return BuildResult(
         generation=name,
         path=final,
@@ -325,14 +348,28 @@ def build_index(
     )
 
 
-def _cleanup_generations(index_dir: Path, keep: str) -> None:
+def _cleanup_generations(index_dir: Path, keep: str, settings: Settings | None = None) -> None:
     """Remove abandoned .tmp builds and all but the newest complete generations."""
     gens = index_dir / "generations"
     complete = sorted(d for d in gens.glob("gen-*") if not d.name.endswith(".tmp"))
     doomed = [d for d in complete[:-_KEEP_GENERATIONS] if d.name != keep]
     doomed += [d for d in gens.glob("gen-*.tmp")]
     for d in doomed:
+        drop_lexical_index(d / "lexical", settings)  # OpenSearch: its physical index; best effort
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _report_rejected(lexical: LexicalIndex, report: IngestReport) -> None:
+    """Documents a server-side engine refused are ingest issues, never silently dropped."""
+    for item_id, reason in lexical.take_rejected():
+        report.add(
+            file=None,
+            row=None,
+            id=item_id,
+            field=None,
+            reason=f"keyword index refused it ({reason}); findable by vector search only",
+            action="warning",
+        )
 
 
 # ====================================================================== live index
@@ -382,10 +419,17 @@ class LiveIndex:
             path / "lexical",
             backend=manifest["lexical"]["backend"],
             field_boosts=self.settings.field_boosts,
+            settings=self.settings,
         )
         self.generation, self.path, self.manifest = name, path, manifest
         self.table, self.vectors, self.lexical = table, vectors, lexical
         self._wal_path = path / "wal.jsonl"
+        # --- fusion model: this generation's fused vectors (WAL rows get theirs as they replay)
+        from indexer.fusion.sidecar import fused_stamp, load_fused
+
+        self._fused_stamp = fused_stamp(path)
+        self.fused = load_fused(path, name, device=self.settings.device)
+        # --- end fusion model
         self._replay_wal()
         self._current_mtime = self._current_stat()
         self._checked_at = time.monotonic()
@@ -407,10 +451,19 @@ class LiveIndex:
             self._current_stat() == self._current_mtime
             and current_generation(self.index_dir) == self.generation
         ):
-            return False
+            return self._refresh_fused()
         with self._write_mutex:
             self._load()
         return True
+
+    def _refresh_fused(self) -> bool:
+        """--- fusion model: a retrained fused sidecar of this generation swaps in, no reload."""
+        from indexer.fusion.sidecar import fused_stamp, refresh_fused
+
+        if fused_stamp(self.path) == self._fused_stamp:
+            return False
+        with self._write_mutex:
+            return refresh_fused(self)
 
     def reload(self) -> None:
         with self._write_mutex:
@@ -463,6 +516,9 @@ class LiveIndex:
                     index.add(vec[None, :], np.asarray([row], dtype=np.int64))
                 products.append(p)
             self.lexical.upsert(products)
+            if getattr(self, "fused", None) is not None:  # --- fusion model
+                rows = [self.table.id_to_row[p.id] for p in products]
+                self.fused.embed_rows(rows, self.table, self.vectors)
         elif rec["op"] == "delete":
             for item_id in rec["ids"]:
                 self.table.delete(item_id)
@@ -504,6 +560,7 @@ class LiveIndex:
                 rec = {"op": "upsert", "items": entries, "ts": time.time()}
                 self._append_wal([rec])
                 self._apply(rec, commit=True)
+                _report_rejected(self.lexical, report)
         return report
 
     def _check_dims(self, encoded: Encoded) -> None:
@@ -543,6 +600,7 @@ class LiveIndex:
             "live": {
                 **self.table.catalog_stats(),
                 **{f"{m}_vectors": int(v.ntotal) for m, v in self.vectors.items()},
+                **({"fused_vectors": int(self.fused.index.ntotal)} if getattr(self, "fused", None) else {}),
                 "lexical_docs": self.lexical.count(),
                 "wal_bytes": self._wal_path.stat().st_size if self._wal_path.exists() else 0,
             },

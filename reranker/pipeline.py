@@ -16,7 +16,8 @@ from indexer.media import load_image
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.store import LiveIndex
-from reranker.base import PassThroughReranker, Reranker
+from reranker.base import Reranker
+from reranker.serving import open_reranker
 from retriever.search import Candidate, Retriever
 from shopsearch.errors import InvalidQueryError
 from shopsearch.settings import Settings, load_settings
@@ -30,6 +31,7 @@ class SearchRequest:
     offset: int = 0
     filters: Filters = field(default_factory=Filters)
     explain: bool = False
+    user_id: str | None = None  # --- collaborative filtering: personalises the "cf" source
 
 
 @dataclass
@@ -68,7 +70,8 @@ class SearchPipeline:
     ) -> SearchPipeline:
         settings = settings or load_settings()
         index = LiveIndex(Path(index_dir), settings)
-        return cls(index, Retriever(index, settings), reranker or PassThroughReranker())
+        # the trained re-ranker of the index (pass-through until one is trained; see reranker.serving)
+        return cls(index, Retriever(index, settings), reranker or open_reranker(index, settings))
 
     @property
     def settings(self) -> Settings:
@@ -86,7 +89,7 @@ class SearchPipeline:
             else None
         )
         retrieval = self.retriever.retrieve(
-            req.text, image, req.filters, depth=req.offset + req.k, explain=req.explain
+            req.text, image, req.filters, depth=req.offset + req.k, explain=req.explain, user_id=req.user_id
         )
         ranked = retrieval.candidates if retrieval.browse else self.reranker.rerank(retrieval)
         table = self.index.table
@@ -124,7 +127,21 @@ class SearchPipeline:
         return self.index.delete(ids)
 
     def info(self) -> dict[str, Any]:
-        return {**self.index.info(), "reranker": self.reranker.name}
+        return {
+            **self.index.info(),
+            "reranker": self.reranker.name,
+            "cf": self.retriever.cf.info(),  # --- collaborative filtering
+        }
+
+    def reload_reranker(self) -> str:
+        """Load the re-ranker checkpoint now; searches keep the old model until the new one is
+        ready (the swap is one reference assignment). Returns the new re-ranker's name."""
+        reload = getattr(self.reranker, "reload", None)
+        if reload is not None:
+            reload()
+        else:
+            self.reranker = open_reranker(self.index, self.settings)
+        return self.reranker.name
 
     def close(self) -> None:
         self.index.close()

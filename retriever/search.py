@@ -17,6 +17,7 @@ from PIL import Image
 
 from indexer.filters import Filters
 from indexer.store import LiveIndex
+from retriever.cf import CFSource  # --- collaborative filtering
 from retriever.fusion import FUSERS
 from shopsearch.errors import InvalidQueryError
 from shopsearch.settings import Settings
@@ -54,6 +55,7 @@ class Retriever:
     def __init__(self, index: LiveIndex, settings: Settings) -> None:
         self.index = index
         self.settings = settings
+        self.cf = CFSource(index.index_dir, settings)  # --- collaborative filtering: lazy, hot-reloaded
 
     def retrieve(
         self,
@@ -65,6 +67,7 @@ class Retriever:
         explain: bool = False,
         sources: set[str] | None = None,
         query_vectors: Mapping[str, np.ndarray] | None = None,
+        user_id: str | None = None,
     ) -> Retrieval:
         """``sources`` restricts the run to some of bm25/text/text_image/image (evaluation runs
         each alone); sources with weight 0 in the settings are skipped entirely.
@@ -88,6 +91,8 @@ class Retriever:
 
         t = time.perf_counter()
         mask = table.mask(filters)
+        # no filter and no dead rows: the vector indexes need no mask (saves a pass over all labels)
+        vmask = None if filters.is_empty() and table.n_rows == len(table) else mask
         timings["filter"] = _ms(t)
 
         if text is None and image is None:  # browse: everything that matches the filters
@@ -117,7 +122,7 @@ class Retriever:
                 qvecs["text"] = q
                 timings["encode_text"] = _ms(t)
                 t = time.perf_counter()
-                lists["text"] = _vector_hits(vectors["text"], q, n, mask)
+                lists["text"] = _vector_hits(vectors["text"], q, n, vmask)
                 timings["text_ann"] = _ms(t)
             clip = self.settings.image_model.startswith("open_clip")
             if clip and "image" in vectors and use("text_image"):
@@ -128,7 +133,7 @@ class Retriever:
                     else index.encoders.image.encode_text([text])[0]
                 )
                 qvecs["text_image"] = q
-                lists["text_image"] = _vector_hits(vectors["image"], q, n, mask)
+                lists["text_image"] = _vector_hits(vectors["image"], q, n, vmask)
                 timings["text_image"] = _ms(t)
         if image is not None and use("image"):
             if "image" not in vectors and "video" not in vectors:
@@ -141,10 +146,49 @@ class Retriever:
             best: dict[int, float] = {}
             for modality in ("image", "video"):  # a photo query matches photos and video frames
                 if modality in vectors:
-                    for row, score in _vector_hits(vectors[modality], q, n, mask):
+                    for row, score in _vector_hits(vectors[modality], q, n, vmask):
                         best[row] = max(score, best.get(row, -np.inf))
             lists["image"] = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
             timings["image_ann"] = _ms(t)
+        # --- collaborative filtering: clicks of this query (and close spellings), personalised
+        # by user_id; same row mask as the other sources. Absent until 'shopsearch train-cf' ran.
+        if text is not None and use("cf"):
+            t = time.perf_counter()
+            cf = self.cf.candidates(
+                text, self.settings.cf_candidates, table, mask, user_id=user_id, explain=explain
+            )
+            if cf is not None and cf.hits:
+                lists["cf"] = cf.hits
+                for row, d in cf.details.items():
+                    details.setdefault(row, {})["cf_detail"] = d
+            timings["cf"] = _ms(t)
+        # --- end collaborative filtering
+        # --- fusion model (indexer.fusion): learned item vectors; the text goes through the query
+        # tower, a photo through the item tower. Absent until 'shopsearch train-fusion' ran.
+        fused = getattr(index, "fused", None)
+        if fused is not None and use("fused") and (text is not None or image is not None):
+            t = time.perf_counter()
+            q = given.get("fused")
+            if q is None and (text is not None or fused.config.image_dim):
+                tv = iv = None
+                if text is not None:
+                    tv = qvecs.get("text", given.get("text"))
+                    tv = index.encoders.text.encode_query(text) if tv is None else tv
+                if image is not None and fused.config.image_dim:
+                    iv = qvecs.get("image", given.get("image"))
+                    iv = index.encoders.image.encode([image])[0] if iv is None else iv
+                q = fused.query_vector(tv, iv, text)
+            if q is not None:
+                qvecs["fused"] = q
+                lists["fused"] = fused.search(q, n, mask)
+                if explain:
+                    top = lists["fused"][: max(depth or 10, 10)]
+                    att = fused.attention([r for r, _ in top], table, vectors)
+                    for rank, (row, score) in enumerate(top, 1):
+                        info = {"rank": rank, "score": round(score, 6), "attention": att.get(row, {})}
+                        details.setdefault(row, {})["fused_model"] = info
+            timings["fused"] = _ms(t)
+        # --- end fusion model
 
         t = time.perf_counter()
         fuse = FUSERS[self.settings.fusion]
@@ -159,12 +203,15 @@ class Retriever:
                     c = cands[row] = Candidate(row=row, id=table.product(row).id, score=float(fused[row]))
                     c.detail = details.get(row, {})
                 c.sources[source] = SourceHit(rank=rank, score=score)
-        ordered = sorted(cands.values(), key=lambda c: (-c.score, c.id))
+        # ties: the better source rank first (keeps an engine's own order), then the id (stable pages)
+        ordered = sorted(
+            cands.values(), key=lambda c: (-c.score, min(h.rank for h in c.sources.values()), c.id)
+        )
         timings["fuse"] = _ms(t)
         return Retrieval(ordered, text, timings, qvecs)
 
 
-def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray) -> list[tuple[int, float]]:
+def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
     scores, labels = index.search(query[None, :].astype(np.float32), n, allowed=mask)
     return [(int(lab), float(s)) for s, lab in zip(scores[0], labels[0], strict=True) if lab >= 0]
 

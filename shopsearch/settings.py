@@ -40,8 +40,11 @@ class Settings(BaseSettings):
         description="sentence-transformers model: a local path, a hub name, or the packaged "
         "'all-MiniLM-L6-v2' (offline).",
     )
-    query_encoder: Literal["auto", "onnx", "torch"] = Field(
-        "auto", description="Backend for encoding queries; 'auto' uses ONNX Runtime when available."
+    query_encoder: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
+        "auto",
+        description="Backend for encoding queries. 'auto': int8 ONNX Runtime (about 4x faster than "
+        "fp32; Home Depot hybrid NDCG@10 unchanged, see benchmarks/README.md), torch if ONNX fails; "
+        "'onnx': fp32 ONNX, the same vectors as sentence-transformers; 'torch': sentence-transformers.",
     )
     image_model: str = Field(
         "efficientnet-lite0",
@@ -65,18 +68,105 @@ class Settings(BaseSettings):
     lexical_backend: Literal["tantivy", "opensearch"] = "tantivy"
     field_boosts: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FIELD_BOOSTS))
 
+    # --- OpenSearch (lexical_backend / vector_backend = "opensearch"; see docs/opensearch.md)
+    vector_backend: Literal["faiss", "opensearch"] = Field(
+        "faiss", description="'opensearch': item vectors in knn_vector fields of the cluster."
+    )
+    opensearch_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:9200"], min_length=1, description="Nodes to talk to."
+    )
+    opensearch_user: str | None = None
+    opensearch_password: str | None = None
+    opensearch_api_key: str | None = Field(None, description="Sent as 'Authorization: ApiKey <value>'.")
+    opensearch_verify_tls: bool = True
+    opensearch_ca_certs: Path | None = Field(None, description="CA bundle for https URLs (PEM).")
+    opensearch_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
+    opensearch_index_prefix: str = Field(
+        "shopsearch",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$",
+        description="Alias name; physical indexes are PREFIX-gen-NNNNNN. One prefix per index directory.",
+    )
+    opensearch_refresh: Literal["wait_for", "true", "false"] = Field(
+        "wait_for", description="Refresh policy of live writes ('wait_for': visible within ~1 s)."
+    )
+    opensearch_bulk_chunk: int = Field(1000, ge=1, le=100_000, description="Documents per _bulk request.")
+    opensearch_max_retries: int = Field(5, ge=0, le=20, description="Retries on 429/5xx/connection errors.")
+    opensearch_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    opensearch_shards: int = Field(1, ge=1, le=1024, description="Primary shards per index (~20-50 GB each).")
+    opensearch_replicas: int = Field(1, ge=0, le=16, description="Replicas, applied when a build goes live.")
+
     # --- retrieval
-    fusion: Literal["rrf", "weighted"] = "rrf"
+    # Defaults chosen on the Home Depot TRAIN half (benchmarks/README.md): weighted fusion with
+    # text at 0.6 beat RRF on NDCG@10 (0.389 vs 0.349) and matched it on the condensed form.
+    fusion: Literal["rrf", "weighted"] = "weighted"
     rrf_k: int = Field(60, ge=1)
-    source_weights: dict[str, float] = Field(default_factory=lambda: {"bm25": 1.0, "text": 1.0, "image": 1.0})
+    source_weights: dict[str, float] = Field(default_factory=lambda: {"bm25": 1.0, "text": 0.6, "image": 1.0})
     candidates: int = Field(100, ge=1, le=10_000, description="Top-N taken from each source.")
     query_cache_size: int = Field(4096, ge=0)
+
+    # --- collaborative filtering (indexer.interactions, indexer.cf, retriever.cf)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 0.2, "click": 1.0, "add_to_cart": 3.0, "purchase": 5.0},
+        description="Weight of each event type in the CF models; types not listed are refused at ingest.",
+    )
+    hash_user_ids: bool = Field(False, description="Store HMAC-SHA256(salt, id) instead of user/session ids.")
+    user_id_salt: str | None = Field(
+        None, description="Secret salt for hashing ids; None: a random one kept in INDEX/events/salt (0600)."
+    )
+    cf_candidates: int = Field(100, ge=1, le=10_000, description="Top-N taken from the CF source.")
+    cf_model: Literal["als", "gmf"] = Field("als", description="Learned model: implicit ALS or torch GMF.")
+    cf_factors: int = Field(64, ge=2, le=1024)
+    cf_half_life_days: float = Field(
+        0.0, ge=0, description="Decay of old events in the query graph (0 = no decay)."
+    )
+    cf_recent_half_life_days: float = Field(
+        2.0, gt=0, description="Half-life of the 'recent' click distribution blended into the query graph."
+    )
+    cf_fuzzy_min_score: float = Field(
+        0.82, ge=0, le=1, description="Similarity a misspelled query needs to borrow a known query's clicks."
+    )
+    cf_position_bias_eta: float = Field(
+        1.0, ge=0, description="Clicks at position p weigh p**eta (inverse propensity); 0 = no correction."
+    )
+    cf_tune: bool = Field(True, description="train-cf tunes blend weights on the newest 10% of the log.")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _event_weights_ok(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, weight in value.items():
+            if not key.strip() or weight < 0:
+                raise ValueError(f"event weight for {key!r} must be >= 0 and the name non-empty")
+        return value
+
+    # --- fusion model (indexer.fusion; 'shopsearch train-fusion'; the retriever's 'fused' source)
+    fusion_d_model: int = Field(256, ge=8, le=2048, description="Width of the fusion Transformer.")
+    fusion_layers: int = Field(2, ge=1, le=12, description="Transformer layers over the modality tokens.")
+    fusion_heads: int = Field(4, ge=1, le=32, description="Attention heads (must divide fusion_d_model).")
+    fusion_epochs: int = Field(15, ge=0, le=1000, description="Most training epochs (early stopping).")
+    fusion_batch_size: int = Field(256, ge=2, le=65_536, description="(query, item) pairs per step.")
+    fusion_lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate.")
+    fusion_photo_views: int = Field(
+        0, ge=0, le=16, description="Augmented photo views (crop, jitter) encoded per item for training."
+    )
+    fusion_seed: int = Field(0, description="Seed of every random choice in training.")
+    fusion_threads: int = Field(1, ge=1, le=256, description="torch threads used by train-fusion.")
+
+    # --- re-ranker (reranker.serving; 'shopsearch train-reranker' writes INDEX/models/reranker)
+    reranker: bool = Field(
+        True, description="Re-rank with the trained model in the checkpoint folder once one is there."
+    )
+    reranker_depth: int = Field(200, ge=1, le=10_000, description="Top fused candidates the model re-scores.")
+    reranker_model: Path | None = Field(None, description="Checkpoint folder; None: INDEX/models/reranker.")
+    reranker_backend: Literal["onnx", "int8", "torch"] = Field(
+        "onnx", description="Transformer runtime: ONNX Runtime, torch dynamic int8, or plain torch."
+    )
 
     # --- API
     api_key: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     host: str = "127.0.0.1"
+    access_log: bool = Field(False, description="Per-request access log lines (costs ~20% of HTTP overhead).")
     port: int = Field(8000, ge=0, le=65535)
 
     @field_validator("field_boosts", "source_weights")

@@ -408,6 +408,7 @@ def test_runs_are_what_the_retriever_returns(small_index: dict[str, Path]) -> No
 
     pipeline = _pipeline(small_index["index"])
     weighted = Retriever(pipeline.index, pipeline.settings.model_copy(update={"fusion": "weighted"}))
+    rrf = Retriever(pipeline.index, pipeline.settings.model_copy(update={"fusion": "rrf"}))
     texts = read_queries(small_index["queries"])
     qrels = read_qrels(small_index["qrels"])
     qids = [q for q in texts if q in qrels]
@@ -428,7 +429,8 @@ def test_runs_are_what_the_retriever_returns(small_index: dict[str, Path]) -> No
         got = {name: [d for d, _ in rankings[name][q]] for name in runs}
         assert got["bm25"] == ids(r.retrieve(text, depth=100, sources={"bm25"}))
         assert got["vector"] == ids(r.retrieve(text, depth=100, sources={"text"}, **hook))
-        assert got["rrf"] == got["hybrid"] == got["full"] == ids(r.retrieve(text, depth=100, **hook))
+        assert got["hybrid"] == got["full"] == ids(r.retrieve(text, depth=100, **hook))  # the default fusion
+        assert got["rrf"] == ids(rrf.retrieve(text, depth=100, **hook))
         assert got["weighted"] == ids(weighted.retrieve(text, depth=100, **hook))
         assert [s for _, s in rankings["weighted"][q]] == pytest.approx(
             [c.score for c in weighted.retrieve(text, depth=100, **hook).candidates]

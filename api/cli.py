@@ -59,6 +59,9 @@ def index(
     image_model: Annotated[str | None, typer.Option(help="'efficientnet-lite0' or 'open_clip:ARCH'.")] = None,
     image_pretrained: Annotated[str | None, typer.Option(help="Checkpoint path for open_clip.")] = None,
     vector_index: Annotated[str | None, typer.Option(help="auto, flat, hnsw or ivfpq.")] = None,
+    lexical_backend: Annotated[
+        str | None, typer.Option(help="tantivy (embedded, default) or opensearch (see docs/opensearch.md).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Build a new index generation from catalog files (bad rows are reported and skipped)."""
@@ -71,6 +74,7 @@ def index(
         image_model=image_model,
         image_pretrained=image_pretrained,
         vector_index=vector_index,
+        lexical_backend=lexical_backend,
         media_roots=[p.resolve() for p in media_root] if media_root else None,
     )
     result = build_index(

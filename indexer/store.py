@@ -49,7 +49,7 @@ from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.vector import load_vector_index, make_vector_index
 from indexer.vector.base import VectorIndex
-from shopsearch.errors import IndexCorruptError, IndexNotFoundError, ItemNotFoundError
+from shopsearch.errors import ConfigError, IndexCorruptError, IndexNotFoundError, ItemNotFoundError
 from shopsearch.settings import Settings
 
 FORMAT_VERSION = 1
@@ -204,6 +204,11 @@ def build_index(
 ) -> BuildResult:
     """Ingest catalogs, encode, and publish a new generation atomically."""
     t0 = time.perf_counter()
+    if settings.vector_backend != "faiss":  # refuse rather than silently ignore the setting
+        raise ConfigError(
+            "vector_backend='opensearch' is not wired into index builds yet (the k-NN index class exists in "
+            "indexer/vector/opensearch_knn.py); use the default 'faiss'"
+        )
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     report = IngestReport()

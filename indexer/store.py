@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +44,7 @@ from indexer.encoders.base import ImageEncoder, TextEncoder
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
 from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
+from indexer.locks import file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.vector import load_vector_index, make_vector_index
@@ -76,16 +76,9 @@ def _atomic_write(path: Path, data: str) -> None:
     _fsync_dir(path.parent)
 
 
-@contextlib.contextmanager
-def write_lock(index_dir: Path) -> Iterator[None]:
+def write_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
     """One writer process at a time per index (builds and upserts); readers never block."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".write.lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return file_lock(index_dir / ".write.lock")
 
 
 def current_generation(index_dir: Path) -> str | None:
@@ -430,10 +423,10 @@ class LiveIndex:
         self.table, self.vectors, self.lexical = table, vectors, lexical
         self._wal_path = path / "wal.jsonl"
         # --- fusion model: this generation's fused vectors (WAL rows get theirs as they replay)
-        from indexer.fusion.sidecar import fused_stamp, load_fused
+        from indexer.fusion.sidecar import fused_stamp, open_fused
 
         self._fused_stamp = fused_stamp(path)
-        self.fused = load_fused(path, name, device=self.settings.device)
+        self.fused = open_fused(path, name, device=self.settings.device)
         # --- end fusion model
         self._replay_wal()
         self._current_mtime = self._current_stat()

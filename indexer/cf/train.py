@@ -16,13 +16,12 @@ on the older 90%; the published model is then refitted on everything with those 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from indexer.cf.model import BlendParams, CFModel
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
 from indexer.interactions import EventLog
+from indexer.locks import file_lock
 from shopsearch.errors import ConfigError
 from shopsearch.settings import Settings
 
@@ -373,15 +373,8 @@ def content_vectors(live: Any) -> ContentVectors | None:
 
 
 # ====================================================================== publishing
-@contextlib.contextmanager
-def _train_lock(cf_dir: Path) -> Iterator[None]:
-    cf_dir.mkdir(parents=True, exist_ok=True)
-    with open(cf_dir / ".train.lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _train_lock(cf_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return file_lock(cf_dir / ".train.lock")
 
 
 def current_cf(index_dir: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,3 +42,20 @@ class ImageEncoder(ABC):
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no text tower")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool, label: str, unit: str) -> Any:
+    """A tqdm bar for long encodes, or a silent stand-in (tqdm is imported only when shown)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"encoding ({label})", unit=unit)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.embcache import fingerprint_files
-from indexer.encoders.base import ImageEncoder
+from indexer.encoders.base import ImageEncoder, progress_bar
 from shopsearch.errors import ConfigError, EncoderError
 
 log = logging.getLogger(__name__)
@@ -69,22 +69,6 @@ def _square(image: Image.Image, size: int) -> np.ndarray:
         image = canvas
     image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool, label: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"encoding ({label})", unit="image")
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -159,7 +143,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
     ) -> np.ndarray:
         items = list(images)
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        bar = _progress(len(items), progress, self.name)
+        bar = progress_bar(len(items), progress, self.name, "image")
         step = max(1, batch_size)
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
@@ -289,7 +273,7 @@ class OpenClipImageEncoder(ImageEncoder):
     ) -> np.ndarray:
         items = list(images)
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        bar = _progress(len(items), progress, self.name)
+        bar = progress_bar(len(items), progress, self.name, "image")
         step = max(1, batch_size)
         for start in range(0, len(items), step):
             chunk = items[start : start + step]

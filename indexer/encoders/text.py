@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from indexer.embcache import fingerprint_files
-from indexer.encoders.base import TextEncoder
+from indexer.encoders.base import TextEncoder, progress_bar
 from shopsearch.errors import ConfigError, EncoderError, InvalidQueryError
 
 if TYPE_CHECKING:
@@ -525,7 +525,7 @@ class OnnxTextEncoder(TextEncoder):
             return out
         encodings = self._tokenizer.encode_batch(items)
         order = sorted(range(len(items)), key=lambda i: -len(encodings[i].ids))  # little padding
-        bar = _progress(len(items), progress, self.name)
+        bar = progress_bar(len(items), progress, self.name, "item")
         for start in range(0, len(order), max(1, batch_size)):
             chunk = order[start : start + max(1, batch_size)]
             out[chunk] = self._run([encodings[i] for i in chunk])
@@ -542,22 +542,6 @@ class OnnxTextEncoder(TextEncoder):
             vec.setflags(write=False)  # shared through the cache
             self._cache.put(text, vec)
         return vec
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool, label: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"encoding ({label})", unit="item")
 
 
 # --------------------------------------------------------------------------- main encoder

@@ -79,7 +79,6 @@ class FusionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
         known = {f.name for f in fields(cls)}
-        data = {"n_gram_buckets": 0, **data}  # configs written before the lexical channel had none
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -78,6 +78,7 @@ class TrainConfig:
     view_weight: float = 0.5
     view_alike_jaccard: float = 0.25  # items this alike are not each other's negatives (photo loss)
     n_gram_buckets: int = 32768  # hashed word/trigram channel (0: off)
+    p_drop_query_words: float = 0.5  # share of training queries without their words (items: half that)
     p_content_drop: float = 0.35
     synonym_threshold: float = 0.8
     max_minutes: float | None = None
@@ -204,25 +205,6 @@ class _Val:
     cat_rel: list[set[int]] = field(default_factory=list)  # positions within cat_items
     cat_items: np.ndarray | None = None  # item positions
     photo_items: np.ndarray | None = None  # item positions with a photo
-    photo_alike: np.ndarray | None = None  # (P, P) alike pairs among photo_items
-
-
-def alike_matrix(sets: list[frozenset[str]], threshold: float) -> np.ndarray:
-    """(n, n) True where two different items share at least ``threshold`` (Jaccard) of their
-    attribute values (colour, type, ...: see ``attribute_values``)."""
-    n = len(sets)
-    if threshold >= 1 or not n:
-        return np.zeros((n, n), dtype=bool)
-    ids: dict[str, int] = {}
-    m = np.zeros((n, 1 + sum(len(v) for v in sets)), dtype=np.float32)
-    for i, v in enumerate(sets):
-        for x in v:
-            m[i, ids.setdefault(x, len(ids))] = 1.0
-    inter = m @ m.T
-    size = m.sum(axis=1)
-    union = size[:, None] + size[None, :] - inter
-    jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    return (jac >= threshold) & ~np.eye(n, dtype=bool)
 
 
 def _photo_only(items: Any) -> Any:
@@ -257,9 +239,8 @@ def evaluate(
     removed, as the evaluation reports it); judged_recall100: share of relevant judged items in
     the top 100; cat_text: NDCG@10 of a
     pseudo-query over the held-out items (relevant: items that answer it); cat_text_photo: the
-    same over photo-only views of those items (cross-modal); photo: precision@10 of an item's photo
-    alone among the held-out items, counting the item itself and items alike to it (shared
-    attribute values, as the photo loss treats them)."""
+    same over photo-only views of those items (cross-modal); photo: MRR@10 of an item's photo
+    alone finding the item among the held-out items."""
     from indexer.fusion.model import embed_items, embed_queries
 
     out: dict[str, float] = {}
@@ -304,10 +285,8 @@ def evaluate(
         qv, _ = embed_items(model, _photo_only(items))
         iv, _ = embed_items(model, items)
         top = _topk(qv @ iv.T, 10)
-        alike = val.photo_alike if val.photo_alike is not None else np.zeros((len(top), len(top)), bool)
-        out["photo"] = float(
-            np.mean([np.mean([j == i or alike[i, j] for j in top[i]]) for i in range(len(top))])
-        )
+        rr = [1.0 / (1 + list(top[i]).index(i)) if i in top[i] else 0.0 for i in range(len(top))]
+        out["photo"] = float(np.mean(rr))
     out["score"] = float(np.mean([v for v in out.values()])) if out else 0.0
     return out
 
@@ -452,14 +431,19 @@ class Trainer:
         negs = np.asarray([neg[s] for s in slots.tolist() if s in neg], dtype=np.int64)
         cols = np.concatenate([own, negs])
         items = modality_dropout(data.items.take(cols), self.rng, p_content=self.cfg.p_content_drop)
+        items.grams[self.rng.random(len(cols)) < self.cfg.p_drop_query_words / 2] = 0
         if self.views:
             self._swap_views(items, cols, p=0.3)
         mask = false_negative_mask(data, slots, cols)
         mask[np.arange(len(slots)), np.arange(len(slots))] = False
         q = torch.from_numpy(data.text_vecs[variants])
-        grams = (
-            None if data.text_grams is None else torch.from_numpy(data.text_grams[variants].astype(np.int64))
-        )
+        grams = None
+        if data.text_grams is not None:
+            g = data.text_grams[variants].astype(np.int64)
+            # some queries train without their words: the encoder vector must carry them alone,
+            # so the lexical channel adds to the semantic one instead of replacing it
+            g[self.rng.random(len(g)) < self.cfg.p_drop_query_words] = 0
+            grams = torch.from_numpy(g)
         qv = self.model.encode_queries(q, grams)
         iv, _ = self.model.encode_items(to_tensors(items))
         scale = self.model.logit_scale.clamp(max=math.log(100)).exp()
@@ -499,13 +483,24 @@ class Trainer:
         return (f(logits, target) + f(logits.T, target)) / 2
 
     def _alike(self, batch: np.ndarray) -> np.ndarray:
-        """(B, B) True where two different items are alike (see ``alike_matrix``): such a pair
-        is not used as a negative of the photo -> item loss (two blue t-shirts are not wrong
-        answers for each other's photo)."""
+        """(B, B) True where two different items share at least ``view_alike_jaccard`` of their
+        attribute values (colour, type, ...: see ``attribute_values``): such a pair is not used
+        as a negative of the photo -> item loss (two blue t-shirts are not wrong answers)."""
+        n = len(batch)
         vals = self.data.attr_values
-        if vals is None:
-            return np.zeros((len(batch), len(batch)), dtype=bool)
-        return alike_matrix([vals[int(p)] for p in batch], self.cfg.view_alike_jaccard)
+        if vals is None or self.cfg.view_alike_jaccard >= 1:
+            return np.zeros((n, n), dtype=bool)
+        sets = [vals[int(p)] for p in batch]
+        ids: dict[str, int] = {}
+        m = np.zeros((n, 1 + sum(len(v) for v in sets)), dtype=np.float32)
+        for i, v in enumerate(sets):
+            for x in v:
+                m[i, ids.setdefault(x, len(ids))] = 1.0
+        inter = m @ m.T
+        size = m.sum(axis=1)
+        union = size[:, None] + size[None, :] - inter
+        jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        return (jac >= self.cfg.view_alike_jaccard) & ~np.eye(n, dtype=bool)
 
     def _all_vecs(self) -> np.ndarray:
         """Every item's vector under the current model: judged validation and the next epoch's
@@ -750,9 +745,6 @@ def train_fusion(
                 val.cat_rel.append(rel)
             photo = val_pos[items.image_mask[val_pos]]
             val.photo_items = photo if len(photo) > 1 else None
-            if val.photo_items is not None:
-                sets = [attribute_values(products[int(i)]) for i in photo]
-                val.photo_alike = alike_matrix(sets, cfg.view_alike_jaccard)
         if val_queries:
             grades = [g for j in qrels.values() for g in j.values()]
             top = max(grades)

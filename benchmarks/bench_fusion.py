@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from benchmarks.splits import homedepot_split  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 K = 10
 DEPTH = 100
-FUSED_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
+FUSED_WEIGHTS = (0.3, 0.6, 1.0, 1.5)
+FUSIONS = ("rrf", "weighted")  # rrf: k=60, bm25 and text weight 1; weighted: the settings' weights
 ICECAT_QUERIES = (
     "hp laptop 17 inch",
     "black toner cartridge for xerox",
@@ -81,23 +83,27 @@ def encode_cached(encoder: Any, texts: list[str], path: Path) -> dict[str, np.nd
 def rankings(
     retriever: Any, queries: dict[str, str], qvecs: dict[str, np.ndarray], settings: Any
 ) -> dict[str, dict[str, list[str]]]:
-    """run -> qid -> ranked doc ids: each source alone, and RRF with and without the fused source."""
+    """run -> qid -> ranked doc ids (top 100, as the evaluation cuts): each source alone; plain
+    RRF (k=60, equal weights) and the shipped weighted fusion (the settings' weights), each
+    without the fused source (``rrf``, ``weighted``) and with it at weight w (``rrf+fused@w``)."""
     from evaluation.runner import source_lists
-    from retriever.fusion import rrf
+    from retriever.fusion import FUSERS
 
     runs: dict[str, dict[str, list[str]]] = {}
-    weights = dict(settings.source_weights)
     for qid, text in queries.items():
         r = retriever.retrieve(text, depth=DEPTH, query_vectors={"text": qvecs[" ".join(text.split())]})
         lists = source_lists(r.candidates)
         for source, ranked in lists.items():
             runs.setdefault(source, {})[qid] = [d for d, _ in ranked][:DEPTH]
         base = {s: lst for s, lst in lists.items() if s != "fused"}
-        for name, use in [("rrf", base)] + [(f"rrf+fused@{w}", lists) for w in FUSED_WEIGHTS]:
-            w = {**weights, "fused": float(name.split("@")[1]) if "@" in name else 0.0}
-            fused = rrf(use, w, k=settings.rrf_k)
-            order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-            runs.setdefault(name, {})[qid] = [d for d, _ in order][:DEPTH]  # cut as the evaluation does
+        for method in FUSIONS:
+            weights = {"bm25": 1.0, "text": 1.0} if method == "rrf" else dict(settings.source_weights)
+            kwargs = {"k": settings.rrf_k} if method == "rrf" else {}
+            for w in (None, *FUSED_WEIGHTS):
+                name = method if w is None else f"{method}+fused@{w}"
+                fused = FUSERS[method](base if w is None else lists, {**weights, "fused": w or 0.0}, **kwargs)
+                order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+                runs.setdefault(name, {})[qid] = [d for d, _ in order][:DEPTH]
     return runs
 
 
@@ -139,6 +145,8 @@ def homedepot(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {"train_queries": len(train), "test_queries": len(test)}
 
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes)
+    if args.grams is not None:
+        cfg = replace(cfg, n_gram_buckets=args.grams)
     if args.retrain or not has_model(work / "index"):
         t = time.perf_counter()
         result = train_fusion(
@@ -172,7 +180,10 @@ def homedepot(args: argparse.Namespace) -> None:
 
     t = time.perf_counter()
     val_scores = score(rankings(retriever, val, qvecs, settings), qrels, list(val))
-    best_w = max(FUSED_WEIGHTS, key=lambda w: val_scores[f"rrf+fused@{w}"][f"ndcg@{K}_condensed"])
+    best_w = {
+        method: max(FUSED_WEIGHTS, key=lambda w: val_scores[f"{method}+fused@{w}"][f"ndcg@{K}_condensed"])
+        for method in FUSIONS
+    }
     results["validation_queries"] = {"n": len(val), "runs": val_scores, "chosen_fused_weight": best_w}
     t = time.perf_counter()
     clean = score(rankings(retriever, test, qvecs, settings), qrels, list(test))
@@ -188,10 +199,15 @@ def homedepot(args: argparse.Namespace) -> None:
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     m, mc = f"ndcg@{K}", f"ndcg@{K}_condensed"
-    print(f"\nHome Depot TEST half ({len(test)} queries); fused RRF weight {best_w} (chosen on validation)")
+    print(
+        f"\nHome Depot TEST half ({len(test)} queries); fused weight {best_w} (chosen on validation queries)"
+    )
     print(f"| run | {m} | {mc} | {m} typo | drop | {mc} typo | drop |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in ("bm25", "text", "fused", "rrf", *(f"rrf+fused@{w}" for w in FUSED_WEIGHTS)):
+    names = ["bm25", "text", "fused"]
+    for method in FUSIONS:
+        names += [method, *(f"{method}+fused@{w}" for w in FUSED_WEIGHTS)]
+    for name in names:
         a, b = clean[name], noisy[name]
         print(
             f"| {name} | {a[m]:.4f} | {a[mc]:.4f} | {b[m]:.4f} | {a[m] - b[m]:+.4f} | {b[mc]:.4f} | "
@@ -224,6 +240,8 @@ def icecat(args: argparse.Namespace) -> None:
         cfg = TrainConfig(
             epochs=args.epochs, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes
         )
+        if args.grams is not None:
+            cfg = replace(cfg, n_gram_buckets=args.grams)
         result = train_fusion(index_dir, settings, config=cfg, progress=True, log=print)
         times["train_fusion_s"] = time.perf_counter() - t
         results["training"] = {
@@ -259,6 +277,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--grams", type=int, default=None, help="Hashed word/trigram buckets (0: channel off).")
     ap.add_argument("--retrain", action="store_true")
     args = ap.parse_args()
     args.work = args.work or REPO / ".bench" / f"fusion-{'hd' if args.dataset == 'homedepot' else 'icecat'}"

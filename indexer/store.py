@@ -423,10 +423,10 @@ class LiveIndex:
         self.table, self.vectors, self.lexical = table, vectors, lexical
         self._wal_path = path / "wal.jsonl"
         # --- fusion model: this generation's fused vectors (WAL rows get theirs as they replay)
-        from indexer.fusion.sidecar import fused_stamp, load_fused
+        from indexer.fusion.sidecar import fused_stamp, open_fused
 
         self._fused_stamp = fused_stamp(path)
-        self.fused = load_fused(path, name, device=self.settings.device)
+        self.fused = open_fused(path, name, device=self.settings.device)
         # --- end fusion model
         self._replay_wal()
         self._current_mtime = self._current_stat()

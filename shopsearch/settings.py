@@ -149,6 +149,9 @@ class Settings(BaseSettings):
         0, ge=0, le=16, description="Augmented photo views (crop, jitter) encoded per item for training."
     )
     fusion_seed: int = Field(0, description="Seed of every random choice in training.")
+    fusion_gram_buckets: int = Field(
+        32768, ge=0, le=1 << 22, description="Hashed word/trigram buckets of the lexical channel (0: off)."
+    )
     fusion_threads: int = Field(1, ge=1, le=256, description="torch threads used by train-fusion.")
 
     # --- re-ranker (reranker.serving; 'shopsearch train-reranker' writes INDEX/models/reranker)

@@ -427,3 +427,23 @@ def test_cli_train_fusion(trained, tmp_path):
     assert "best epoch" in ok.output and "fused vectors" in ok.output
     doc = json.loads((index_dir / "models" / "fusion" / "config.json").read_text())
     assert doc["train"]["excluded_items"] == len(photo_only)
+
+
+@pytest.mark.slow
+def test_a_damaged_sidecar_leaves_the_index_serving(trained, tmp_path):
+    import shutil
+
+    from indexer.store import LiveIndex
+
+    folder, catalog, index_dir, settings, photo_only, result = trained
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    gen = copy / "generations" / (copy / "CURRENT").read_text().strip() / "fused"
+    version = (gen / "CURRENT").read_text().strip()
+    (gen / version / "model" / "model.safetensors").write_bytes(b"not a model")
+    with pytest.warns(RuntimeWarning, match="fused vectors .* not loaded"):
+        live = LiveIndex(copy, settings.model_copy(update={"index_dir": copy}))
+    try:
+        assert live.fused is None and len(live.table) == 60
+    finally:
+        live.close()

@@ -7,6 +7,14 @@ and the retriever's ``fused`` source use. Modules import torch only when a model
 loaded, so importing this package is cheap.
 """
 
-from indexer.fusion.sidecar import FusedIndex, fused_stamp, has_model, load_fused, model_dir, refresh_fused
+from indexer.fusion.sidecar import (
+    FusedIndex,
+    fused_stamp,
+    has_model,
+    load_fused,
+    model_dir,
+    open_fused,
+    refresh_fused,
+)
 
-__all__ = ["FusedIndex", "fused_stamp", "has_model", "load_fused", "model_dir", "refresh_fused"]
+__all__ = ["FusedIndex", "fused_stamp", "has_model", "load_fused", "model_dir", "open_fused", "refresh_fused"]

@@ -79,6 +79,7 @@ class FusionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
         known = {f.name for f in fields(cls)}
+        data = {"n_gram_buckets": 0, **data}  # configs written before the lexical channel had none
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -209,6 +210,8 @@ class FusionModel(nn.Module):
             nn.EmbeddingBag(c.n_gram_buckets + 1, d, mode="mean", padding_idx=0) if c.n_gram_buckets else None
         )
         self.words_ln = nn.LayerNorm(d)
+        # the words token enters at zero strength (identity start) and the model turns it up
+        self.words_gate = nn.Parameter(torch.zeros(()))
         self.query_grams = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c.out_dim))
         self.blocks = nn.ModuleList([_Block(d, c.n_heads, c.ff_dim, c.dropout) for _ in range(c.n_layers)])
         self.ln_out = nn.LayerNorm(d)
@@ -270,7 +273,7 @@ class FusionModel(nn.Module):
             lambda: self.brand_emb(x["brand"]),
             category,
             lambda: self.price_emb(x["price"]),
-            lambda: self.words_ln(self.gram_emb(x["grams"])),
+            lambda: self.words_gate * self.words_ln(self.gram_emb(x["grams"])),
         ]
         kept = [0] + [j for j in range(1, len(TOKEN_TYPES)) if bool(present[j].any())]
         h = torch.stack([makers[j]() for j in kept], dim=1) + self.type_emb.weight[kept][None, :, :]

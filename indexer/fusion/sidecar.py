@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +35,9 @@ import numpy as np
 
 from indexer.vector import load_vector_index, make_vector_index
 from indexer.vector.base import VectorIndex
-from shopsearch.errors import IndexCorruptError, InvalidQueryError
+from shopsearch.errors import IndexCorruptError, InvalidQueryError, ShopSearchError
+
+log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = Path("models") / "fusion"
 FUSED_DIR = "fused"
@@ -181,13 +185,26 @@ def load_fused(gen_path: Path, generation: str, *, device: str = "auto") -> Fuse
     return FusedIndex(model, doc, index, version, generation)
 
 
+def open_fused(gen_path: Path, generation: str, *, device: str = "auto") -> FusedIndex | None:
+    """``load_fused`` for serving: a damaged or incompatible sidecar must not take the whole
+    index down, so it is reported (logged and warned) and the index serves without the fused
+    source until 'shopsearch train-fusion' publishes a good version."""
+    try:
+        return load_fused(gen_path, generation, device=device)
+    except ShopSearchError as exc:
+        message = f"fused vectors of {gen_path} not loaded: {exc.message}"
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return None
+
+
 def refresh_fused(live: Any) -> bool:
     """Swap in a newly published fused version of the loaded generation (LiveIndex calls this
     under its write mutex); WAL rows are embedded before the swap. Returns True if swapped."""
     stamp = fused_stamp(live.path)
     if stamp == getattr(live, "_fused_stamp", None):
         return False
-    fused = load_fused(live.path, live.generation, device=live.settings.device)
+    fused = open_fused(live.path, live.generation, device=live.settings.device)
     if fused is not None:
         fused.embed_rows(live.table.live_rows(), live.table, live.vectors)
     live.fused, live._fused_stamp = fused, stamp

@@ -97,6 +97,7 @@ class TrainConfig:
             n_heads=settings.fusion_heads,
             photo_views=settings.fusion_photo_views,
             threads=settings.fusion_threads,
+            n_gram_buckets=settings.fusion_gram_buckets,
         )
 
     def __post_init__(self) -> None:
@@ -205,6 +206,25 @@ class _Val:
     cat_rel: list[set[int]] = field(default_factory=list)  # positions within cat_items
     cat_items: np.ndarray | None = None  # item positions
     photo_items: np.ndarray | None = None  # item positions with a photo
+    photo_alike: np.ndarray | None = None  # (P, P) alike pairs among photo_items
+
+
+def alike_matrix(sets: list[frozenset[str]], threshold: float) -> np.ndarray:
+    """(n, n) True where two different items share at least ``threshold`` (Jaccard) of their
+    attribute values (colour, type, ...: see ``attribute_values``)."""
+    n = len(sets)
+    if threshold >= 1 or not n:
+        return np.zeros((n, n), dtype=bool)
+    ids: dict[str, int] = {}
+    m = np.zeros((n, 1 + sum(len(v) for v in sets)), dtype=np.float32)
+    for i, v in enumerate(sets):
+        for x in v:
+            m[i, ids.setdefault(x, len(ids))] = 1.0
+    inter = m @ m.T
+    size = m.sum(axis=1)
+    union = size[:, None] + size[None, :] - inter
+    jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return (jac >= threshold) & ~np.eye(n, dtype=bool)
 
 
 def _photo_only(items: Any) -> Any:
@@ -239,8 +259,9 @@ def evaluate(
     removed, as the evaluation reports it); judged_recall100: share of relevant judged items in
     the top 100; cat_text: NDCG@10 of a
     pseudo-query over the held-out items (relevant: items that answer it); cat_text_photo: the
-    same over photo-only views of those items (cross-modal); photo: MRR@10 of an item's photo
-    alone finding the item among the held-out items."""
+    same over photo-only views of those items (cross-modal); photo: precision@10 of an item's
+    photo alone among the held-out items, counting the item itself and items alike to it (shared
+    attribute values, as the photo loss treats them)."""
     from indexer.fusion.model import embed_items, embed_queries
 
     out: dict[str, float] = {}
@@ -285,8 +306,10 @@ def evaluate(
         qv, _ = embed_items(model, _photo_only(items))
         iv, _ = embed_items(model, items)
         top = _topk(qv @ iv.T, 10)
-        rr = [1.0 / (1 + list(top[i]).index(i)) if i in top[i] else 0.0 for i in range(len(top))]
-        out["photo"] = float(np.mean(rr))
+        alike = val.photo_alike if val.photo_alike is not None else np.zeros((len(top), len(top)), bool)
+        out["photo"] = float(
+            np.mean([np.mean([j == i or alike[i, j] for j in top[i]]) for i in range(len(top))])
+        )
     out["score"] = float(np.mean([v for v in out.values()])) if out else 0.0
     return out
 
@@ -332,7 +355,13 @@ class Trainer:
         self.photo_positions = np.asarray(
             [p for p in train_positions.tolist() if data.items.image_mask[p]], dtype=np.int64
         )
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gates = [p for n, p in model.named_parameters() if n == "words_gate"]
+        rest = [p for n, p in model.named_parameters() if n != "words_gate"]
+        self.opt = torch.optim.AdamW(
+            [{"params": rest}, {"params": gates, "lr": cfg.lr * 10, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+        )
 
     # ----------------------------------------------------------------- sampling
     def _per_item(self) -> int:
@@ -486,21 +515,10 @@ class Trainer:
         """(B, B) True where two different items share at least ``view_alike_jaccard`` of their
         attribute values (colour, type, ...: see ``attribute_values``): such a pair is not used
         as a negative of the photo -> item loss (two blue t-shirts are not wrong answers)."""
-        n = len(batch)
         vals = self.data.attr_values
-        if vals is None or self.cfg.view_alike_jaccard >= 1:
-            return np.zeros((n, n), dtype=bool)
-        sets = [vals[int(p)] for p in batch]
-        ids: dict[str, int] = {}
-        m = np.zeros((n, 1 + sum(len(v) for v in sets)), dtype=np.float32)
-        for i, v in enumerate(sets):
-            for x in v:
-                m[i, ids.setdefault(x, len(ids))] = 1.0
-        inter = m @ m.T
-        size = m.sum(axis=1)
-        union = size[:, None] + size[None, :] - inter
-        jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-        return (jac >= self.cfg.view_alike_jaccard) & ~np.eye(n, dtype=bool)
+        if vals is None:
+            return np.zeros((len(batch), len(batch)), dtype=bool)
+        return alike_matrix([vals[int(p)] for p in batch], self.cfg.view_alike_jaccard)
 
     def _all_vecs(self) -> np.ndarray:
         """Every item's vector under the current model: judged validation and the next epoch's
@@ -745,6 +763,9 @@ def train_fusion(
                 val.cat_rel.append(rel)
             photo = val_pos[items.image_mask[val_pos]]
             val.photo_items = photo if len(photo) > 1 else None
+            if val.photo_items is not None:
+                sets = [attribute_values(products[int(i)]) for i in photo]
+                val.photo_alike = alike_matrix(sets, cfg.view_alike_jaccard)
         if val_queries:
             grades = [g for j in qrels.values() for g in j.values()]
             top = max(grades)

@@ -24,7 +24,8 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from indexer.filters import Filters
 from indexer.media import check_media_file, is_remote, is_within_roots
@@ -50,6 +52,7 @@ from shopsearch.settings import Settings, load_settings
 log = logging.getLogger("shopsearch.api")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/docs-assets"  # the Swagger UI files of the swagger-ui-bundle package
 MAX_BATCH = 1000  # items per POST /items: bounds the time one request holds the write lock
 _MULTIPART_SLACK = 64 * 1024  # boundary lines and form fields around an uploaded photo
 _READ_CHUNK = 256 * 1024
@@ -623,6 +626,8 @@ def create_app(
         version="0.1.0",
         summary="Multimodal product search: hybrid BM25 + vector retrieval over text and photos.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the packaged Swagger UI: no CDN, works offline
+        redoc_url=None,
     )
     app.state.pipeline = pipeline
     app.state.settings = settings
@@ -902,7 +907,18 @@ def create_app(
             headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"},
         )
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="shopsearch API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app
 
 

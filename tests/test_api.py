@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import threading
 import zlib
@@ -275,7 +276,13 @@ def test_health_info_and_docs(client: TestClient, env: dict[str, Any]) -> None:
     assert h["items"] >= N_ITEMS - 2  # other tests add and delete a few
     info = client.get("/info").json()
     assert info["generation"] == h["generation"] and info["reranker"] == "none"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # the page loads Swagger UI from this server, not a CDN (offline browsers see it too)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
     paths = client.get("/openapi.json").json()["paths"]
     for route in (
         "/search",

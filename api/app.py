@@ -486,8 +486,8 @@ class _MetricsMiddleware:
             # route templates, never raw paths: item ids must not explode the label set
             if route is not None and hasattr(route, "path"):
                 label = route.path
-            elif scope.get("path", "").startswith("/static/"):
-                label = "/static"
+            elif scope.get("path", "").startswith(("/static/", f"{DOCS_ASSETS}/")):
+                label = "/" + scope["path"].split("/")[1]
             else:
                 label = "unmatched"
             method = scope.get("method", "")

@@ -62,6 +62,10 @@ def index(
     lexical_backend: Annotated[
         str | None, typer.Option(help="tantivy (embedded, default) or opensearch (see docs/opensearch.md).")
     ] = None,
+    vector_backend: Annotated[
+        str | None,
+        typer.Option(help="faiss (in process, default) or opensearch (k-NN plugin, see docs/opensearch.md)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Build a new index generation from catalog files (bad rows are reported and skipped)."""
@@ -75,6 +79,7 @@ def index(
         image_pretrained=image_pretrained,
         vector_index=vector_index,
         lexical_backend=lexical_backend,
+        vector_backend=vector_backend,
         media_roots=[p.resolve() for p in media_root] if media_root else None,
     )
     result = build_index(

@@ -8,16 +8,19 @@ Layout::
       generations/gen-000007/      one complete, self-describing build
           manifest.json            format version, models, dimensions, counts
           items.jsonl              one product per row; row number = vector label
-          text/ image/ video/      FAISS indexes + raw vectors (indexer.vector)
-          lexical/                 tantivy BM25 index
+          text/ image/ video/      FAISS indexes + raw vectors (indexer.vector), or with
+                                   vector_backend='opensearch' the raw vectors and a descriptor
+                                   of the generation's k-NN index in the cluster
+          lexical/                 tantivy BM25 index (or an OpenSearch descriptor)
           wal.jsonl                upserts/deletes since the build (fsync'd before they apply)
       embcache.sqlite              content-hash -> vector cache shared by all builds
       ingest_report.json           the last build's report
 
 A build writes ``generations/gen-N.tmp`` and renames it when complete, then rewrites CURRENT;
-``kill -9`` at any moment leaves the previous generation loadable. Upserts that arrive while a
-build runs are carried over to the new generation before the switch, so nothing acknowledged is
-lost.
+``kill -9`` at any moment leaves the previous generation loadable; a build that fails with an
+error deletes its ``.tmp`` directory and the cluster-side indexes it created. Upserts that arrive
+while a build runs are carried over to the new generation before the switch, so nothing
+acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -47,14 +50,22 @@ from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
 from indexer.locks import file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
-from indexer.vector import load_vector_index, make_vector_index
+from indexer.vector import (
+    check_vector_backend,
+    create_opensearch_vector_index,
+    drop_vector_index,
+    make_vector_index,
+    open_vector_index,
+)
 from indexer.vector.base import VectorIndex
-from shopsearch.errors import ConfigError, IndexCorruptError, IndexNotFoundError, ItemNotFoundError
+from shopsearch.errors import IndexCorruptError, IndexNotFoundError, ItemNotFoundError
 from shopsearch.settings import Settings
 
 FORMAT_VERSION = 1
 MODALITIES = ("text", "image", "video")
 _KEEP_GENERATIONS = 2
+# Rows per add() when loading a k-NN index: bounds the JSON a build holds at once.
+_KNN_LOAD_BATCH = 10_000
 
 
 # ====================================================================== files
@@ -104,6 +115,7 @@ def _settings_fingerprint(settings: Settings) -> dict[str, Any]:
         "image_pretrained": settings.image_pretrained,
         "video_frames": settings.video_frames,
         "vector_index": settings.vector_index,
+        "vector_backend": settings.vector_backend,
         "lexical_backend": settings.lexical_backend,
         "field_boosts": settings.field_boosts,
     }
@@ -172,7 +184,23 @@ def _vector_arrays(table: ItemTable, vecs: dict[str, np.ndarray]) -> tuple[np.nd
     return matrix, np.asarray(rows, dtype=np.int64)
 
 
-def _build_vector_index(settings: Settings, matrix: np.ndarray, labels: np.ndarray) -> VectorIndex:
+def _build_vector_index(
+    settings: Settings, matrix: np.ndarray, labels: np.ndarray, path: Path
+) -> VectorIndex:
+    """One modality's vectors in the configured backend. A k-NN index is created in the cluster
+    (its descriptor written to ``path`` at once, so that a failed build can delete it), loaded in
+    batches, and must answer a k-NN query before the build may go on."""
+    if settings.vector_backend == "opensearch":
+        knn = create_opensearch_vector_index(path, int(matrix.shape[1]), settings=settings)
+        try:
+            for start in range(0, len(labels), _KNN_LOAD_BATCH):
+                stop = start + _KNN_LOAD_BATCH
+                knn.add(matrix[start:stop], labels[start:stop])
+            knn.check_search(matrix[0])
+        except BaseException:
+            knn.close()
+            raise
+        return knn
     index = make_vector_index(
         matrix.shape[1],
         len(labels),
@@ -195,13 +223,31 @@ def build_index(
     progress: bool = True,
     encoders: Encoders | None = None,
 ) -> BuildResult:
-    """Ingest catalogs, encode, and publish a new generation atomically."""
+    """Ingest catalogs, encode, and publish a new generation atomically.
+
+    A build that fails before its generation is renamed into place leaves nothing behind: its
+    ``.tmp`` directory and the OpenSearch indexes it created are deleted (best effort), and the
+    live generation is untouched."""
+    check_vector_backend(settings)  # an unreachable cluster or no k-NN plugin: fail before encoding
+    started: list[Path] = []
+    try:
+        return _build_generation(catalogs, Path(index_dir), settings, field_map, progress, encoders, started)
+    except BaseException:
+        for tmp in started:  # gone once renamed: then this finds nothing to drop
+            _drop_generation(tmp, settings)
+        raise
+
+
+def _build_generation(
+    catalogs: Sequence[Path],
+    index_dir: Path,
+    settings: Settings,
+    field_map: dict[str, str] | None,
+    progress: bool,
+    encoders: Encoders | None,
+    started: list[Path],
+) -> BuildResult:
     t0 = time.perf_counter()
-    if settings.vector_backend != "faiss":  # refuse rather than silently ignore the setting
-        raise ConfigError(
-            "vector_backend='opensearch' is not wired into index builds yet (the k-NN index class exists in "
-            "indexer/vector/opensearch_knn.py); use the default 'faiss'"
-        )
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     report = IngestReport()
@@ -247,6 +293,7 @@ def build_index(
     tmp = gens / f"{name}.tmp"
     final = gens / name
     shutil.rmtree(tmp, ignore_errors=True)
+    started.append(tmp)
     tmp.mkdir()
 
     with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
@@ -259,13 +306,22 @@ def build_index(
         if arrays is None:
             continue
         matrix, labels = arrays
-        index = _build_vector_index(settings, matrix, labels)
-        index.save(tmp / modality)
-        manifest_indexes[modality] = {
-            "kind": index.kind,
-            "count": int(len(labels)),
-            "dim": int(matrix.shape[1]),
-        }
+        index = _build_vector_index(settings, matrix, labels, tmp / modality)
+        try:
+            index.save(tmp / modality)
+            manifest_indexes[modality] = {
+                "kind": index.kind,
+                "count": int(len(labels)),
+                "dim": int(matrix.shape[1]),
+                "backend": settings.vector_backend,
+            }
+            if settings.vector_backend == "opensearch":  # an OpenSearchKnnIndex
+                manifest_indexes[modality]["index"] = index.name
+                # live settings (refresh, replicas) now: replicas can catch up before the switch,
+                # and no server reads this index until CURRENT names its generation
+                index.publish()
+        finally:
+            _close_vector_index(index)
 
     # --- fusion model (indexer.fusion): fused vectors when INDEX/models/fusion/ holds a model
     from indexer.fusion.sidecar import fuse_build
@@ -302,6 +358,7 @@ def build_index(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "catalogs": [str(Path(c).resolve()) for c in catalogs],
         "models": models,
+        "vector_backend": settings.vector_backend,
         "vector_indexes": manifest_indexes,
         "lexical": {"backend": settings.lexical_backend, "field_boosts": settings.field_boosts},
         "counts": counts,
@@ -353,8 +410,23 @@ def _cleanup_generations(index_dir: Path, keep: str, settings: Settings | None =
     doomed = [d for d in complete[:-_KEEP_GENERATIONS] if d.name != keep]
     doomed += [d for d in gens.glob("gen-*.tmp")]
     for d in doomed:
-        drop_lexical_index(d / "lexical", settings)  # OpenSearch: its physical index; best effort
-        shutil.rmtree(d, ignore_errors=True)
+        _drop_generation(d, settings)
+
+
+def _drop_generation(path: Path, settings: Settings | None) -> None:
+    """Remove a generation directory and, first, the cluster-side indexes its descriptors name
+    (OpenSearch lexical and k-NN; best effort)."""
+    for modality in MODALITIES:
+        drop_vector_index(path / modality, settings)
+    drop_lexical_index(path / "lexical", settings)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _close_vector_index(index: VectorIndex) -> None:
+    """Cluster-backed indexes hold a connection pool; in-process FAISS has nothing to close."""
+    close = getattr(index, "close", None)
+    if callable(close):
+        close()
 
 
 def _report_rejected(lexical: LexicalIndex, report: IngestReport) -> None:
@@ -411,14 +483,22 @@ class LiveIndex:
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise IndexCorruptError(f"{path}/items.jsonl line {n}: {exc}") from None
         vectors: dict[str, VectorIndex] = {}
-        for modality in manifest.get("vector_indexes", {}):
-            vectors[modality] = load_vector_index(path / modality, device=self.settings.device)
-        lexical = open_lexical_index(
-            path / "lexical",
-            backend=manifest["lexical"]["backend"],
-            field_boosts=self.settings.field_boosts,
-            settings=self.settings,
-        )
+        try:
+            # each directory reopens with the backend that built it (FAISS files or a k-NN descriptor)
+            for modality in manifest.get("vector_indexes", {}):
+                vectors[modality] = open_vector_index(
+                    path / modality, device=self.settings.device, settings=self.settings
+                )
+            lexical = open_lexical_index(
+                path / "lexical",
+                backend=manifest["lexical"]["backend"],
+                field_boosts=self.settings.field_boosts,
+                settings=self.settings,
+            )
+        except BaseException:
+            for index in vectors.values():
+                _close_vector_index(index)
+            raise
         self.generation, self.path, self.manifest = name, path, manifest
         self.table, self.vectors, self.lexical = table, vectors, lexical
         self._wal_path = path / "wal.jsonl"
@@ -502,14 +582,7 @@ class LiveIndex:
                         continue
                     index = self.vectors.get(modality)
                     if index is None:
-                        index = make_vector_index(
-                            len(vec),
-                            1,
-                            kind="flat"
-                            if self.settings.vector_index == "auto"
-                            else self.settings.vector_index,
-                            device=self.settings.device,
-                        )
+                        index = self._new_vector_index(modality, len(vec))
                         self.vectors[modality] = index
                     index.add(vec[None, :], np.asarray([row], dtype=np.int64))
                 products.append(p)
@@ -523,6 +596,21 @@ class LiveIndex:
             self.lexical.delete(rec["ids"])
         if commit:
             self.lexical.commit()
+
+    def _new_vector_index(self, modality: str, dim: int) -> VectorIndex:
+        """A modality this generation was built without gains its first vector (a WAL upsert): in
+        the generation's own vector backend, whatever the settings say now."""
+        if self.manifest.get("vector_backend", "faiss") == "opensearch":
+            # searchable at once; a restart's WAL replay reopens it and rewrites the same documents
+            return create_opensearch_vector_index(
+                self.path / modality, dim, settings=self.settings, live=True
+            )
+        return make_vector_index(
+            dim,
+            1,
+            kind="flat" if self.settings.vector_index == "auto" else self.settings.vector_index,
+            device=self.settings.device,
+        )
 
     # ----------------------------------------------------------------- writes
     def upsert(self, products: Sequence[Product], *, report: IngestReport | None = None) -> IngestReport:
@@ -606,3 +694,5 @@ class LiveIndex:
 
     def close(self) -> None:
         self.lexical.close()
+        for index in self.vectors.values():
+            _close_vector_index(index)

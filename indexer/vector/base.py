@@ -37,5 +37,15 @@ class VectorIndex(ABC):
     def ntotal(self) -> int: ...
 
     @abstractmethod
+    def contains(self, labels: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``labels`` have a stored vector."""
+
+    @abstractmethod
+    def vectors_for(self, labels: np.ndarray) -> np.ndarray:
+        """(len(labels), dim) float32 copies of stored vectors, read locally: the re-ranker, the
+        fusion features and CF cold start read them on every query, so no backend may make this
+        a network round trip. A label without a vector raises ItemNotFoundError."""
+
+    @abstractmethod
     def save(self, path: Path) -> None:
         """Write to a directory (created if needed). Must not use pickle."""

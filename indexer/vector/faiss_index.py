@@ -126,7 +126,7 @@ def default_nprobe(nlist: int) -> int:
     return max(1, min(nlist, GPU_MAX_K, max(16, nlist // 8)))
 
 
-class _VectorStore:
+class VectorStore:
     """Raw float32 vectors and int64 labels in insertion order, with a label -> row table.
 
     Grows by doubling so that incremental adds stay amortised O(batch). A store loaded with
@@ -237,7 +237,7 @@ class FaissIndexBase(VectorIndex):
         params: dict[str, Any],
         *,
         index: faiss.Index | None = None,
-        store: _VectorStore | None = None,
+        store: VectorStore | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown vector index kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -246,7 +246,7 @@ class FaissIndexBase(VectorIndex):
         self.dim = int(dim)
         self.kind = kind
         self._params = dict(params)
-        self._store = store if store is not None else _VectorStore(self.dim)
+        self._store = store if store is not None else VectorStore(self.dim)
         # None only for an IVF-PQ index still waiting for its training data
         self._index: faiss.Index | None = self._place(index) if index is not None else None
 
@@ -771,7 +771,7 @@ def load_vector_index(path: Path | str, *, device: str = "auto", mmap: bool = Tr
         raise IndexCorruptError(f"{idx_file} and {lab_file} disagree on the labels")
 
     dev = resolve_device(device, kind)
-    store = _VectorStore(dim, vectors, labels)
+    store = VectorStore(dim, vectors, labels)
     if dev == "gpu":
         return FaissGpuIndex(dim, kind, params, index=cpu_index, store=store)
     return FaissCpuIndex(dim, kind, params, index=cpu_index, store=store)

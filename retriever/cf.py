@@ -168,6 +168,10 @@ class CFSource:
         details: dict[int, dict[str, Any]] = {}
         if explain and len(scored.items):
             p = scored.parts
+            bp = model.params
+            # the token-level click model took part: as the whole click term of an unmatched query,
+            # or as the smoothing prior of a matched one
+            tokens_used = scored.match == "tokens" or (scored.match is not None and bp.kappa_tok > 0)
             for k, (row, _s) in enumerate(hits):
                 details[row] = {
                     "match": scored.match,
@@ -175,6 +179,9 @@ class CFSource:
                     "log_p_click": round(float(p["graph"][k]), 4),
                     "factor_score": round(float(p["als"][k]), 4),
                     "user_score": round(float(p["user"][k]), 4) if scored.personalised else None,
+                    "token_p_click": round(float(p["tokens"][k]), 5) if tokens_used else None,
+                    "trend": round(float(p["trend"][k]), 4),
+                    "trend_boost": round(bp.w_trend * float(p["trend"][k]), 4),
                     "interactions": round(float(p["interactions"][k]), 3),
                     "cold_start": bool(p["interactions"][k] == 0),
                 }

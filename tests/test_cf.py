@@ -18,12 +18,14 @@ import pytest
 from indexer.cf import BlendParams, CFModel, QueryVocab, compact_key, fit_model, publish, query_key
 from indexer.cf.coldstart import KnnMapper, RidgeMapper, cosine_rows
 from indexer.cf.factors import interaction_matrix, train_als, train_gmf
-from indexer.cf.graph import build_query_graph
+from indexer.cf.graph import build_query_graph, item_trend
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
+from indexer.cf.tokenmodel import BETA, build_token_model
 from indexer.interactions import Event, EventLog
 from indexer.items import ItemTable
 from indexer.product import Product
 from retriever.cf import CFSource
+from shopsearch.errors import IndexCorruptError
 from shopsearch.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +124,13 @@ def test_pmi_matches_hand_computation():
     # D-F: log(1 * 7 / (2 * 6)) < 0 is dropped (only positive association is kept)
     assert nb1.of(D)[0].tolist() == [E]
     assert basket_ids(["s1", None, "s1", None], [None, "u", "u", None]).tolist() == [0, 1, 0, -1]
+    # the random-walk step the scorer takes: sum_i mass_i * PMI(i, j) per neighbour j
+    to, mass = nb.step(np.asarray([A, D]), np.asarray([1.0, 2.0]))
+    assert to.tolist() == [B, E, F]
+    assert mass.tolist() == pytest.approx([math.log(14 / 9), 2 * math.log(14 / 4), math.log(21 / 18)])
+    to, mass = nb.step(np.asarray([C]), np.asarray([0.5]))  # C-F: twice together, log(2 * 7 / (2 * 6))
+    assert to.tolist() == [F] and mass.tolist() == pytest.approx([0.5 * math.log(14 / 12)])
+    assert nb.step(np.zeros(0, np.int64), np.zeros(0))[0].tolist() == []
 
 
 # ====================================================================== learned factors
@@ -292,6 +301,161 @@ def test_cf_source_maps_rows_applies_mask_and_hot_reloads(tmp_path):
     hits = source.candidates("red mug", 10, table, table.mask())  # picked up without a reload call
     assert source.info()["generation"] != first
     assert table.rows[hits.hits[0][0]].id == "lamp"
+
+
+# ====================================================================== signals for a shifting log
+DAY = 86_400.0
+T0 = 1_700_000_000.0
+
+
+def test_token_model_matches_hand_computation_and_pools_queries_sharing_words():
+    # items: 0 arkham city, 1 arkham asylum, 2 a console; one click per event, weight 1
+    queries = ["batman arkham city"] * 3 + ["batman asylum"] + ["xbox"] * 2 + [None]
+    item = np.asarray([0, 0, 0, 1, 2, 2, 1])
+    tm = build_token_model(queries, item, np.ones(len(item)), n_items=3)
+    assert sorted(tm.tokens) == ["arkham", "asylum", "batman", "city", "xbox"]
+    d = tm.distribution("Asylum BATMAN!")  # case, punctuation and word order do not matter
+    assert d is not None and d.coverage == 1.0
+    # C[batman] = {0: 3, 1: 1}, C[asylum] = {1: 1}; idf over the 3 clicked items: log(3 / (1 + df)) + 1
+    idf_b, idf_a = math.log(3 / 3) + 1, math.log(3 / 2) + 1
+    wb, wa = idf_b / (idf_b + idf_a), idf_a / (idf_b + idf_a)
+    listed = dict(zip(d.items.tolist(), d.p.tolist(), strict=True))
+    assert listed[0] == pytest.approx(wb * 3 / (4 + BETA))
+    assert listed[1] == pytest.approx(wb * 1 / (4 + BETA) + wa * 1 / (1 + BETA))
+    assert 2 not in listed
+    assert d.rest == pytest.approx(wb * BETA / (4 + BETA) + wa * BETA / (1 + BETA))
+    prior = np.asarray([0.5, 0.3, 0.2])  # listed + rest * prior is a distribution over all items
+    full = d.rest * prior
+    full[d.items] += d.p
+    assert full.sum() == pytest.approx(1.0)
+    assert listed[1] > listed[0]  # the rarer word decides between the two batman games
+    half = tm.distribution("batman garden")
+    assert half is not None and half.coverage == 0.5
+    assert tm.distribution("garden hose") is None and tm.distribution("!!!") is None
+
+
+def _shift_log() -> EventLog:
+    """'console' clicked on item old-console for weeks and on new-bundle a little less; in the
+    last two days new-bundle takes off under other queries (never under 'console' itself).
+    'batman arkham asylum' / 'batman arkham city' teach the words of an unseen query."""
+    events = []
+    for n in range(30):
+        events.append(Event("old-console", "click", T0 + n * DAY / 2, query="console", position=1))
+    for n in range(24):
+        events.append(Event("new-bundle", "click", T0 + n * DAY / 2, query="console", position=1))
+    end = T0 + 30 * DAY
+    for n in range(40):
+        events.append(Event("new-bundle", "click", end - n * 3600, query="bundle deal", position=1))
+    for n in range(10):
+        events.append(Event("asylum", "click", T0 + n * DAY, query="batman arkham asylum", position=1))
+        events.append(Event("city", "click", T0 + n * DAY, query="batman arkham city", position=1))
+        events.append(Event("city", "click", T0 + n * DAY + 60, query="batman arkham city", position=1))
+    return EventLog.from_events(events)
+
+
+def test_item_trend_ranks_a_rising_item_higher_than_plain_counts():
+    settings = load_settings(cf_position_bias_eta=0.0)
+    plain = BlendParams(gamma=0.0, w_als=0.0, w_pmi=0.0, w_user=0.0)
+    model = fit_model(_shift_log(), settings, params=plain, threads=1)
+    old, new = model.item_index["old-console"], model.item_index["new-bundle"]
+    assert model.item_trend is not None
+    assert model.item_trend[new] > 0 > model.item_trend[old]
+    before = model.score_query("console", 2)
+    assert before.items.tolist() == [old, new]  # 30 clicks beat 24
+    after = model.with_params(BlendParams(gamma=0.0, w_als=0.0, w_pmi=0.0, w_user=0.0, w_trend=0.5))
+    lifted = after.score_query("console", 2, explain=True)
+    assert lifted.items.tolist() == [new, old]
+    assert lifted.parts["trend"][0] == pytest.approx(model.item_trend[new])
+    # the formula: log((recent + c) / (recent total * long-run share + c)), 0 without events
+    item = np.asarray([0, 0, 0, 1])
+    w_all = np.ones(4)
+    w_recent = np.asarray([0.0, 0.0, 0.0, 1.0])
+    t = item_trend(item, w_all, w_recent, 3, pseudo=1.0)
+    assert t[0] == pytest.approx(math.log((0 + 1) / (1 * 3 / 4 + 1)))
+    assert t[1] == pytest.approx(math.log((1 + 1) / (1 * 1 / 4 + 1)))
+    assert t[2] == 0.0
+
+
+def test_token_fallback_answers_an_unseen_query_and_kappa_smooths_rare_ones():
+    settings = load_settings(cf_position_bias_eta=0.0)
+    model = fit_model(_shift_log(), settings, params=BlendParams(w_als=0.0, w_user=0.0), threads=1)
+    assert model.vocab.match("asylum batman", 0.82) is None  # not a known query, not a misspelling
+    got = model.score_query("asylum batman", 3, explain=True)
+    assert got.match == "tokens" and got.match_score == 1.0
+    assert model.item_ids[got.items[0]] == "asylum"
+    assert got.parts["tokens"][0] > got.parts["tokens"][1] > 0
+    off = model.with_params(BlendParams(w_als=0.0, w_user=0.0, token_fallback=False))
+    assert off.score_query("asylum batman", 3).items.tolist() == []
+    assert model.score_query("garden hose", 3).items.tolist() == []  # no known word: still nothing
+    # kappa: the token distribution smooths a matched query's history (and adds its items)
+    g = model.vocab.exact("batman arkham asylum")
+    tok = model.tokens.distribution("batman arkham asylum") if model.tokens else None
+    assert tok is not None
+    items0, p0, _ = model.graph.distribution(g, 1.0, 0.3)
+    items1, p1, rest1 = model.graph.distribution(g, 1.0, 0.3, kappa=5.0, tokens=tok)
+    city = model.item_index["city"]
+    assert city not in items0.tolist() and city in items1.tolist()
+    unlisted = np.setdiff1d(np.arange(model.n_items), items1)
+    assert p1.sum() + rest1 * model.graph.prior[unlisted].sum() == pytest.approx(1.0)
+    assert dict(zip(items1.tolist(), p1.tolist(), strict=True))[model.item_index["asylum"]] < p0.max()
+
+
+def test_new_knobs_at_zero_reproduce_the_old_scores_and_old_generations_load(tmp_path):
+    settings = load_settings(cf_position_bias_eta=0.0)
+    log = _shift_log()
+    legacy = BlendParams(token_fallback=False, kappa_tok=0.0, w_trend=0.0)
+    model = fit_model(log, settings, params=legacy, threads=1)
+    # a model without the new parts scores the way the engine did before they existed
+    bare = CFModel(**{**model.__dict__, "tokens": None, "item_trend": None, "_ann": None})
+    for q in ("console", "bundle deal", "batman arkham city", "batman arkam city", "asylum batman"):
+        a, b = model.score_query(q, 10), bare.score_query(q, 10)
+        assert a.items.tolist() == b.items.tolist() and np.array_equal(a.scores, b.scores), q
+    # with the knobs on, the same queries do change (the comparison above is not vacuous)
+    on = model.with_params(BlendParams(kappa_tok=3.0, w_trend=0.5))
+    assert not np.allclose(on.score_query("console", 2).scores, model.score_query("console", 2).scores)
+    assert len(on.score_query("asylum batman", 3).items) and not len(
+        model.score_query("asylum batman", 3).items
+    )
+    # round trip with every knob on; then a generation written before the token model and trend
+    _, folder = publish(on, tmp_path)
+    loaded = CFModel.load(folder)
+    for q in ("console", "asylum batman", "batman arkham asylum"):
+        x, y = on.score_query(q, 5), loaded.score_query(q, 5)
+        assert x.items.tolist() == y.items.tolist() and np.allclose(x.scores, y.scores), q
+    for name in ("tokens.json", "tokens.npz", "item_trend.npy"):
+        (folder / name).unlink()
+    old = CFModel.load(folder)
+    assert old.tokens is None and old.item_trend is None
+    assert old.score_query("asylum batman", 3).items.tolist() == []
+    x, y = old.with_params(legacy).score_query("console", 5), model.score_query("console", 5)
+    assert x.items.tolist() == y.items.tolist() and np.allclose(x.scores, y.scores)
+
+
+def test_damaged_token_files_are_reported(tmp_path):
+    model = fit_model(_shift_log(), load_settings(), threads=1)
+    _, folder = publish(model, tmp_path)
+    (folder / "tokens.json").write_text(json.dumps(["only-one"]), encoding="utf-8")
+    with pytest.raises(IndexCorruptError, match="tokens"):
+        CFModel.load(folder)
+
+
+def test_cf_source_explains_token_matches_and_trend(tmp_path):
+    settings = load_settings(cf_position_bias_eta=0.0)
+    table = ItemTable()
+    for pid in ("old-console", "new-bundle", "asylum", "city"):
+        table.append(Product(id=pid, title=pid))
+    model = fit_model(_shift_log(), settings, params=BlendParams(kappa_tok=3.0, w_trend=0.5), threads=1)
+    publish(model, tmp_path)
+    source = CFSource(tmp_path, settings, reload_interval=0.0)
+    hits = source.candidates("asylum batman", 5, table, table.mask(), explain=True)
+    assert hits is not None and hits.match == "tokens"
+    top = hits.details[hits.hits[0][0]]
+    assert table.rows[hits.hits[0][0]].id == "asylum"
+    assert top["match"] == "tokens" and top["token_p_click"] > 0
+    hits = source.candidates("console", 5, table, table.mask(), explain=True)
+    assert hits is not None and table.rows[hits.hits[0][0]].id == "new-bundle"
+    top = hits.details[hits.hits[0][0]]
+    assert top["trend"] > 0 and top["trend_boost"] == pytest.approx(0.5 * top["trend"], abs=1e-3)
 
 
 # ====================================================================== end to end over the API

@@ -10,9 +10,22 @@ The graph keeps, per query group, two weighted click counts per item: ``all`` (w
 optionally decayed) and ``recent`` (short half-life), plus the group totals and a global prior
 (recent popularity of every item). The serving side turns them into a smoothed distribution
 
-    p(i | q) = (1 - g) * (A_qi + a * prior_i) / (A_q + a) + g * (R_qi + a * prior_i) / (R_q + a)
+    p(i | q) = (1 - g) * (A_qi + a * prior_i + k * t_i) / (A_q + a + k)
+             +      g  * (R_qi + a * prior_i) / (R_q + a)
 
-so the smoothing ``a`` and the blend ``g`` can be tuned without rebuilding anything.
+so the smoothing ``a`` and the blend ``g`` can be tuned without rebuilding anything. ``t`` is the
+query's token-level distribution (see ``tokenmodel``) and ``k`` its pseudo-clicks: a query with
+few clicks of its own leans on the clicks of queries sharing its words, a busy one hardly moves.
+Only the whole-history part is smoothed that way: the recent part's total is often a fraction of
+a click, which ``k`` would swamp even for busy queries.
+
+The item *trend* compares each item's recent click count with what its whole-history share
+predicts for the recent window, shrunk toward "no change" by Poisson-Gamma pseudo-counts:
+
+    trend_i = log( (R_i + c) / (E_i + c) ),   E_i = R * A_i / A
+
+(0 for items without events). It is dense across queries: an item that is taking off lifts every
+query it is listed under, including busy broad queries whose own recent clicks are few.
 """
 
 from __future__ import annotations
@@ -23,9 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.cf.tokenmodel import TokenDistribution
+
 DAY = 86_400.0
 MAX_POSITION_WEIGHT = 20.0
 PRIOR_FLOOR = 0.01  # share of one average item's popularity every item gets (cold items included)
+TREND_PSEUDO = 3.0  # pseudo-clicks that shrink an item's recent/expected click ratio toward 1
 
 
 def event_weights(
@@ -80,16 +96,39 @@ class QueryGraph:
         s, e = self.ptr[group], self.ptr[group + 1]
         return self.item[s:e], self.all[s:e], self.recent[s:e]
 
-    def distribution(self, group: int, alpha: float, gamma: float) -> tuple[np.ndarray, np.ndarray, float]:
+    def distribution(
+        self,
+        group: int,
+        alpha: float,
+        gamma: float,
+        kappa: float = 0.0,
+        tokens: TokenDistribution | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """(items, p(item|group) for the listed items, rest coefficient): an unlisted item i has
-        p = rest * prior_i."""
+        p = rest * prior_i. With ``kappa`` > 0 and a token distribution, the whole-history part
+        is smoothed toward it as well (its items join the listed ones)."""
         items, a, r = self.edges(group)
         ta, tr = self.total_all[group], self.total_recent[group]
-        pa = (a + alpha * self.prior[items]) / (ta + alpha)
-        pr = (r + alpha * self.prior[items]) / (tr + alpha)
+        if kappa <= 0 or tokens is None:
+            pa = (a + alpha * self.prior[items]) / (ta + alpha)
+            pr = (r + alpha * self.prior[items]) / (tr + alpha)
+            p = (1 - gamma) * pa + gamma * pr
+            rest = (1 - gamma) * alpha / (ta + alpha) + gamma * alpha / (tr + alpha)
+            return items, p, float(rest)
+        u = np.union1d(items.astype(np.int64), tokens.items)
+        a_u = np.zeros(len(u))
+        r_u = np.zeros(len(u))
+        t_u = np.zeros(len(u))
+        a_u[np.searchsorted(u, items)] = a
+        r_u[np.searchsorted(u, items)] = r
+        t_u[np.searchsorted(u, tokens.items)] = tokens.p
+        prior = self.prior[u]
+        pa = (a_u + alpha * prior + kappa * (t_u + tokens.rest * prior)) / (ta + alpha + kappa)
+        pr = (r_u + alpha * prior) / (tr + alpha)
         p = (1 - gamma) * pa + gamma * pr
-        rest = (1 - gamma) * alpha / (ta + alpha) + gamma * alpha / (tr + alpha)
-        return items, p, float(rest)
+        rest_all = (alpha + kappa * tokens.rest) / (ta + alpha + kappa)
+        rest = (1 - gamma) * rest_all + gamma * alpha / (tr + alpha)
+        return u, p, float(rest)
 
     def save(self, path: Path) -> None:
         np.savez(
@@ -115,6 +154,19 @@ def item_prior(item: np.ndarray, weight: np.ndarray, n_items: int) -> np.ndarray
     floor = PRIOR_FLOOR * max(pop.sum(), 1.0) / max(n_items, 1)
     pop += floor
     return pop / pop.sum()
+
+
+def item_trend(
+    item: np.ndarray, w_all: np.ndarray, w_recent: np.ndarray, n_items: int, pseudo: float = TREND_PSEUDO
+) -> np.ndarray:
+    """log((recent clicks + c) / (clicks the whole-history share predicts + c)) per item; 0 when
+    an item has no events (cold items neither rise nor fall)."""
+    a = np.bincount(item, weights=w_all, minlength=n_items).astype(np.float64)
+    r = np.bincount(item, weights=w_recent, minlength=n_items).astype(np.float64)
+    if a.sum() <= 0:
+        return np.zeros(n_items)
+    expected = r.sum() * a / a.sum()
+    return np.where(a > 0, np.log((r + pseudo) / (expected + pseudo)), 0.0)
 
 
 def build_query_graph(

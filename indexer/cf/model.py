@@ -3,13 +3,17 @@ trainer's tuning and the retriever use, so what is tuned is exactly what is serv
 
 Score of item i for a query q (matched to known query groups) and an optional user u:
 
-    s(i) = log p~(i | q) + w_als * <x_q, y_i> + w_user * <x_u, y_i>
+    s(i) = log p~(i | q) + w_als * <x_q, y_i> + w_user * <x_u, y_i> + w_trend * trend_i
 
-where p~ is the smoothed click distribution of the graph (see ``graph``), mixed with one PMI
-random-walk step ``(1 - w_pmi) * p + w_pmi * sum_j p(j) * P(i | j)`` over co-engaged items, and
-x, y are the learned factors (cold items carry their content-mapped vector). Candidates are the
-query's clicked items, their PMI neighbours and a FAISS inner-product search over the item factors
-(which is how items nobody has clicked yet can be found at all).
+where p~ is the smoothed click distribution of the graph (see ``graph``; optionally smoothed
+toward the token-level distribution of the query text with ``kappa_tok`` pseudo-clicks), mixed
+with one PMI random-walk step ``(1 - w_pmi) * p + w_pmi * sum_j p(j) * P(i | j)`` over co-engaged
+items, x, y are the learned factors (cold items carry their content-mapped vector) and trend_i
+the item's recent click rate against its long-run share (``graph.item_trend``). A query with no
+exact or fuzzy match takes the token-level distribution (``tokenmodel``) as p~ when
+``token_fallback`` is on. Candidates are the query's clicked items, their PMI neighbours and a
+FAISS inner-product search over the item factors (which is how items nobody has clicked yet can
+be found at all).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from indexer.cf.coldstart import ContentMapper, load_mapper, save_mapper
 from indexer.cf.graph import QueryGraph
 from indexer.cf.pmi import ItemNeighbours
 from indexer.cf.queries import QueryMatch, QueryVocab
+from indexer.cf.tokenmodel import TokenDistribution, TokenModel
 from indexer.vector import load_vector_index, make_vector_index
 from indexer.vector.base import VectorIndex
 from shopsearch.errors import IndexCorruptError
@@ -44,6 +49,9 @@ class BlendParams:
     w_pmi: float = 0.05  # PMI random-walk share
     fuzzy_min_score: float = 0.82
     ann_candidates: int = 100  # factor-space candidates added per query (tail and cold items)
+    token_fallback: bool = True  # an unmatched query scores by the clicks of queries sharing its words
+    kappa_tok: float = 0.0  # pseudo-clicks of the token-level distribution in a matched query's history
+    w_trend: float = 0.0  # weight of the item trend (recent click rate vs long-run share)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -53,8 +61,8 @@ class BlendParams:
 class ScoredItems:
     items: np.ndarray  # int64 CF item indices, best first
     scores: np.ndarray  # float64
-    match: str | None  # "exact" (after normalisation) | "fuzzy" | None
-    match_score: float
+    match: str | None  # "exact" (after normalisation) | "fuzzy" | "tokens" | None
+    match_score: float  # 1 exact, the similarity for fuzzy, the share of known words for tokens
     personalised: bool
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # per-item terms, for explain
 
@@ -73,6 +81,8 @@ class CFModel:
     params: BlendParams
     manifest: dict[str, Any] = field(default_factory=dict)
     mapper: ContentMapper | None = None
+    tokens: TokenModel | None = None  # None: a model trained before the token model existed
+    item_trend: np.ndarray | None = None  # float per item; None reads as all zeros
     _item_index: dict[str, int] | None = None
     _user_index: dict[str, int] | None = None
     _ann: VectorIndex | None = None
@@ -142,60 +152,57 @@ class CFModel:
         """Top-n CF items for a query (and/or a user); ``allowed`` is a boolean mask over CF items."""
         p = self.params
         matches = self.match(text) if text else []
+        tok = self._token_distribution(text, bool(matches))
+        fallback = not matches and tok is not None
+        how, how_score = (matches[0][0].how, matches[0][0].score) if matches else (None, 0.0)
+        if fallback and tok is not None:
+            how, how_score = "tokens", tok.coverage
         u = self.user_index.get(user) if user is not None else None
         personal = u is not None and p.w_user > 0
-        if not matches and not personal:
+        if not matches and not fallback and not personal:
             return ScoredItems(np.zeros(0, np.int64), np.zeros(0), None, 0.0, False)
 
-        listed: dict[int, float] = {}
+        # p~ of the listed items as sorted (ids, values): sparse, so a query costs what it touches,
+        # not the size of the catalog
+        listed_ids = np.zeros(0, np.int64)
+        listed_p = np.zeros(0)
         rest = 0.0
         qf = None
         if matches:
+            parts_i, parts_p = [], []
             for m, w in matches:
-                items, probs, r = self.graph.distribution(m.group, p.alpha, p.gamma)
-                for i, pr in zip(items.tolist(), probs.tolist(), strict=True):
-                    listed[i] = listed.get(i, 0.0) + w * pr
+                items, probs, r = self.graph.distribution(m.group, p.alpha, p.gamma, p.kappa_tok, tok)
+                parts_i.append(np.asarray(items, dtype=np.int64))
+                parts_p.append(w * probs)
                 rest += w * r
+            listed_ids, inv = np.unique(np.concatenate(parts_i), return_inverse=True)
+            listed_p = np.bincount(inv, weights=np.concatenate(parts_p), minlength=len(listed_ids))
             qf = sum(w * self.query_factors[m.group] for m, w in matches)
+        elif fallback and tok is not None:
+            listed_ids, listed_p, rest = tok.items, tok.p, tok.rest
 
-        cand: dict[int, None] = dict.fromkeys(listed)
-        expanded: dict[int, float] = {}
-        if p.w_pmi > 0 and listed:
-            rownorm = self._pmi_norms()
-            for i, pr in listed.items():
-                nb, val = self.neighbours.of(i)
-                if len(nb) == 0:
-                    continue
-                share = pr / rownorm[i]
-                for j, v in zip(nb.tolist(), val.tolist(), strict=True):
-                    expanded[j] = expanded.get(j, 0.0) + share * v
-            cand.update(dict.fromkeys(expanded))
+        cand = [listed_ids]
+        expanded: tuple[np.ndarray, np.ndarray] | None = None
+        if p.w_pmi > 0 and len(listed_ids):
+            expanded = self.neighbours.step(listed_ids, listed_p / self._pmi_norms()[listed_ids])
+            cand.append(expanded[0])
         k_ann = min(p.ann_candidates, self.n_items)
         if qf is not None and p.w_als > 0 and k_ann > 0:
-            cand.update(dict.fromkeys(self._ann_ids(qf, k_ann, allowed)))
+            cand.append(np.asarray(self._ann_ids(qf, k_ann, allowed), dtype=np.int64))
         uf = self.user_factors[u] if personal else None
         if uf is not None and k_ann > 0:
-            cand.update(dict.fromkeys(self._ann_ids(uf, k_ann, allowed)))
+            cand.append(np.asarray(self._ann_ids(uf, k_ann, allowed), dtype=np.int64))
 
-        ids = np.fromiter(cand, dtype=np.int64, count=len(cand))
+        ids = np.unique(np.concatenate(cand))
         if allowed is not None and len(ids):
             ids = ids[allowed[ids]]
         if len(ids) == 0:
-            return ScoredItems(
-                ids,
-                np.zeros(0),
-                matches[0][0].how if matches else None,
-                matches[0][0].score if matches else 0.0,
-                personal,
-            )
+            return ScoredItems(ids, np.zeros(0), how, how_score, personal)
         prior = self.graph.prior[ids]
-        if matches:
-            pl = np.fromiter((listed.get(i, 0.0) for i in ids.tolist()), dtype=np.float64, count=len(ids))
-            if expanded:
-                pe = np.fromiter(
-                    (expanded.get(i, 0.0) for i in ids.tolist()), dtype=np.float64, count=len(ids)
-                )
-                pl = (1 - p.w_pmi) * pl + p.w_pmi * pe
+        if matches or fallback:
+            pl = _lookup(listed_ids, listed_p, ids)
+            if expanded is not None and len(expanded[0]):
+                pl = (1 - p.w_pmi) * pl + p.w_pmi * _lookup(expanded[0], expanded[1], ids)
             graph_term = np.log(np.maximum(np.maximum(pl, rest * prior), 1e-300))
         else:
             graph_term = np.log(prior)
@@ -207,24 +214,35 @@ class CFModel:
         user_term = vecs @ uf if uf is not None else np.zeros(len(ids))
         if uf is not None:
             score += p.w_user * user_term
+        trend_term = self.item_trend[ids] if self.item_trend is not None else np.zeros(len(ids))
+        if p.w_trend:
+            score += p.w_trend * trend_term
         order = np.lexsort((ids, -score))[:n]
         parts = {}
         if explain:
+            top = ids[order]
+            tok_p = np.zeros(len(top))
+            if tok is not None:
+                tok_p = _lookup(tok.items, tok.p, top) + self.graph.prior[top] * tok.rest
             parts = {
                 "graph": graph_term[order],
                 "als": als_term[order],
                 "user": user_term[order],
-                "interactions": self.item_counts[ids[order]],
+                "trend": trend_term[order],
+                "tokens": tok_p,
+                "interactions": self.item_counts[top],
             }
-        first = matches[0][0] if matches else None
-        return ScoredItems(
-            ids[order],
-            score[order],
-            first.how if first else None,
-            first.score if first else 0.0,
-            personal,
-            parts,
-        )
+        return ScoredItems(ids[order], score[order], how, how_score, personal, parts)
+
+    def _token_distribution(self, text: str | None, matched: bool) -> TokenDistribution | None:
+        """The token-level distribution when it is used: as the whole graph term of an unmatched
+        query (``token_fallback``) or as the smoothing prior of a matched one (``kappa_tok``)."""
+        p = self.params
+        if not text or self.tokens is None:
+            return None
+        if (matched and p.kappa_tok > 0) or (not matched and p.token_fallback):
+            return self.tokens.distribution(text)
+        return None
 
     def _ann_ids(self, vec: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
         if not np.any(vec):
@@ -293,6 +311,10 @@ class CFModel:
         np.save(folder / "user_factors.npy", self.user_factors.astype(np.float32))
         np.save(folder / "item_counts.npy", self.item_counts.astype(np.float32))
         np.save(folder / "item_factors.npy", self.item_factors.astype(np.float32))
+        if self.tokens is not None:
+            self.tokens.save(folder)
+        if self.item_trend is not None:
+            np.save(folder / "item_trend.npy", self.item_trend.astype(np.float32))
         if self.mapper is not None:
             save_mapper(self.mapper, folder / "coldstart.npz")
         self.ann().save(folder / "item_ann")  # FAISS over the normalised factors
@@ -315,6 +337,15 @@ class CFModel:
             if factors.shape[0] != len(item_ids) or ann.ntotal != len(item_ids):
                 raise IndexCorruptError(f"{folder}: items.json, item_factors.npy and item_ann disagree")
             mapper = load_mapper(folder / "coldstart.npz") if (folder / "coldstart.npz").exists() else None
+            # optional parts: generations trained before them load without (no token model, no trend)
+            tokens = TokenModel.load(folder) if (folder / "tokens.json").exists() else None
+            if tokens is not None and len(tokens.item) and int(tokens.item.max()) >= len(item_ids):
+                raise IndexCorruptError(f"{folder}: tokens.npz names items that items.json lacks")
+            trend = None
+            if (folder / "item_trend.npy").exists():
+                trend = np.load(folder / "item_trend.npy", allow_pickle=False).astype(np.float64)
+                if trend.shape != (len(item_ids),):
+                    raise IndexCorruptError(f"{folder}: item_trend.npy does not match items.json")
             known = set(BlendParams.__dataclass_fields__)
             params = BlendParams(**{k: v for k, v in manifest.get("params", {}).items() if k in known})
             return cls(
@@ -330,12 +361,25 @@ class CFModel:
                 params=params,
                 manifest=manifest,
                 mapper=mapper,
+                tokens=tokens,
+                item_trend=trend,
                 _ann=ann,
             )
         except IndexCorruptError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(f"CF artefacts in {folder} are unreadable: {exc}") from None
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """values[k] where keys[k] == q for each q of ``query`` (0 where absent); ``keys`` sorted."""
+    out = np.zeros(len(query))
+    if len(keys) == 0:
+        return out
+    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    hit = keys[at] == query
+    out[hit] = values[at[hit]]
+    return out
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -32,6 +32,21 @@ class ItemNeighbours:
         s, e = self.ptr[i], self.ptr[i + 1]
         return self.item[s:e], self.pmi[s:e]
 
+    def step(self, items: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One random-walk step: (neighbours, sum over ``items`` of mass_i * PMI(i, j)), neighbours
+        distinct and ascending. Vectorised over the CSR rows: a broad query lists hundreds of
+        items, and a Python loop over their neighbours is what a query would wait for."""
+        items = np.asarray(items, dtype=np.int64)
+        starts, ends = self.ptr[items], self.ptr[items + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        idx = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
+        contrib = np.repeat(np.asarray(mass, dtype=np.float64), lens) * self.pmi[idx]
+        uniq, inv = np.unique(self.item[idx], return_inverse=True)
+        return uniq.astype(np.int64), np.bincount(inv, weights=contrib, minlength=len(uniq))
+
     def save(self, path: Path) -> None:
         np.savez(path, ptr=self.ptr, item=self.item, pmi=self.pmi, count=self.count)
 

@@ -5,9 +5,10 @@ Layout::
 
     INDEX/cf/CURRENT              name of the live CF generation (replaced atomically)
     INDEX/cf/cf-000004/           manifest.json, items.json, users.json, queries.json,
-                                  queries_fuzzy.npz, graph.npz, pmi.npz, query_factors.npy,
-                                  user_factors.npy, item_counts.npy, coldstart.npz,
-                                  item_factors/ (FAISS index + vectors.npy, see indexer.vector)
+                                  queries_fuzzy.npz, graph.npz, pmi.npz, tokens.json, tokens.npz,
+                                  item_trend.npy, query_factors.npy, user_factors.npy,
+                                  item_counts.npy, item_factors.npy, coldstart.npz,
+                                  item_ann/ (FAISS index over the factors, see indexer.vector)
 
 Blend weights are tuned on a time-based hold-out (the newest 10% of the log) with the model fitted
 on the older 90%; the published model is then refitted on everything with those weights.
@@ -31,10 +32,11 @@ import numpy as np
 
 from indexer.cf.coldstart import blend, fit_mapper
 from indexer.cf.factors import Factors, interaction_matrix, train_als, train_gmf
-from indexer.cf.graph import build_query_graph, decay, event_weights
+from indexer.cf.graph import build_query_graph, decay, event_weights, item_trend
 from indexer.cf.model import BlendParams, CFModel
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
+from indexer.cf.tokenmodel import build_token_model
 from indexer.interactions import EventLog
 from indexer.locks import file_lock
 from shopsearch.errors import ConfigError
@@ -55,6 +57,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "w_als": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "w_pmi": (0.0, 0.05, 0.1, 0.2, 0.4),
     "w_user": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "kappa_tok": (0.0, 1.0, 3.0, 10.0, 30.0),
+    "w_trend": (0.0, 0.1, 0.2, 0.3, 0.5, 1.0),
 }
 
 
@@ -133,7 +137,13 @@ def fit_model(
     w_all = base * decay(log.ts, settings.cf_half_life_days) if settings.cf_half_life_days > 0 else base
     w_recent = base * decay(log.ts, settings.cf_recent_half_life_days)
     graph = build_query_graph(group, item, w_all, w_recent, len(vocab), len(item_ids))
+    trend = item_trend(item, w_all, w_recent, len(item_ids))
     timings["graph"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    step("token model")
+    token_model = build_token_model(log.query, item, w_all, len(item_ids))
+    timings["tokens"] = time.perf_counter() - t
 
     t = time.perf_counter()
     step("co-engagement PMI")
@@ -210,6 +220,7 @@ def fit_model(
             "users": len(user_ids),
             "graph_edges": int(len(graph.item)),
             "pmi_pairs": int(len(neighbours.item)),
+            "query_tokens": len(token_model),
             "cold_items_mapped": n_mapped,
         },
         "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -229,6 +240,8 @@ def fit_model(
         params=params,
         manifest=manifest,
         mapper=mapper,
+        tokens=token_model,
+        item_trend=trend,
     )
 
 

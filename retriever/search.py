@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from indexer.encoders.colour import colour_histogram
 from indexer.filters import Filters
 from indexer.store import LiveIndex
 from retriever.cf import CFSource  # --- collaborative filtering
@@ -164,20 +165,22 @@ class Retriever:
             timings["cf"] = _ms(t)
         # --- end collaborative filtering
         # --- fusion model (indexer.fusion): learned item vectors; the text goes through the query
-        # tower, a photo through the item tower. Absent until 'shopsearch train-fusion' ran.
+        # tower, a photo (its vector and, for models with a colour token, its colour histogram)
+        # through the item tower. Absent until 'shopsearch train-fusion' ran.
         fused = getattr(index, "fused", None)
         if fused is not None and use("fused") and (text is not None or image is not None):
             t = time.perf_counter()
             q = given.get("fused")
             if q is None and (text is not None or fused.config.image_dim):
-                tv = iv = None
+                tv = iv = colour = None
                 if text is not None:
                     tv = qvecs.get("text", given.get("text"))
                     tv = index.encoders.text.encode_query(text) if tv is None else tv
                 if image is not None and fused.config.image_dim:
                     iv = qvecs.get("image", given.get("image"))
                     iv = index.encoders.image.encode([image])[0] if iv is None else iv
-                q = fused.query_vector(tv, iv, text)
+                    colour = colour_histogram(image) if fused.config.colour_dim else None
+                q = fused.query_vector(tv, iv, text, colour)
             if q is not None:
                 qvecs["fused"] = q
                 lists["fused"] = fused.search(q, n, mask)

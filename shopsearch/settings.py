@@ -150,7 +150,11 @@ class Settings(BaseSettings):
     )
     fusion_seed: int = Field(0, description="Seed of every random choice in training.")
     fusion_gram_buckets: int = Field(
-        32768, ge=0, le=1 << 22, description="Hashed word/trigram buckets of the lexical channel (0: off)."
+        0,
+        ge=0,
+        le=1 << 22,
+        description="Hashed word/trigram buckets of the lexical channel (0: off; on Home Depot it lowered "
+        "validation NDCG@10 condensed from 0.72 to 0.66).",
     )
     fusion_threads: int = Field(1, ge=1, le=256, description="torch threads used by train-fusion.")
 

@@ -230,6 +230,147 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
         load_checkpoint(tmp_path / "m")
 
 
+def test_colour_token_attention_and_dropout_follow_the_photo():
+    cfg = FusionConfig(
+        text_dim=8, image_dim=8, colour_dim=6, d_model=16, n_heads=2, ff_dim=32, query_hidden=8
+    )
+    assert cfg.n_token_types == len(TOKEN_TYPES)
+    torch.manual_seed(0)
+    model = FusionModel(cfg)
+    rng = np.random.default_rng(3)
+    items = _items(40, cfg, rng)
+    items.colour = rng.random((40, 6)).astype(np.float32)
+    items.colour_mask[:20] = True
+    c = TOKEN_TYPES.index("colour")
+    assert items.present()[:, c].tolist() == [True] * 20 + [False] * 20
+    _, attn = embed_items(model, items, return_attention=True)
+    assert (attn[:20, c] > 0).all() and (attn[20:, c] == 0).all()
+    # the histogram changes a photo-only item's vector (it is read), and only where it is present
+    photo = items.copy()
+    photo.text_mask[:] = False
+    other = photo.copy()
+    other.colour[:] = rng.random((40, 6))
+    a, b = embed_items(model, photo)[0], embed_items(model, other)[0]
+    assert not np.allclose(a[:20], b[:20], atol=1e-4) and np.allclose(a[20:], b[20:], atol=1e-6)
+    many = _items(4000, cfg, rng)
+    many.colour_mask[:] = True
+    many.image_mask[:1000] = False
+    many.colour_mask[:1000] = False  # no photo, no histogram
+    out = modality_dropout(many, np.random.default_rng(4), p_content=0.3, p_colour=0.1)
+    assert not (out.colour_mask & ~out.image_mask).any()  # a histogram never survives its photo
+    kept_photo = out.image_mask
+    assert 1 - out.colour_mask[kept_photo].mean() == pytest.approx(0.1, abs=0.03)
+
+
+def _colour_world(n_per: int, seed: int, colour_dim: int):
+    """3 kinds x 4 colours. Photo vectors show the kind only (as pooled CNN features mostly do);
+    colour histograms show the colour only; texts and queries name both."""
+    rng = np.random.default_rng(seed)
+    kinds, colours = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
+    kinds, colours = np.repeat(kinds.ravel(), n_per), np.repeat(colours.ravel(), n_per)
+    n = len(kinds)
+    norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    kind_img, kind_txt, col_txt = rng.normal(size=(3, 40)), rng.normal(size=(3, 24)), rng.normal(size=(4, 24))
+    col_hist = rng.dirichlet(np.full(colour_dim, 0.3), size=4)
+    image = norm(kind_img[kinds] + 0.4 * rng.normal(size=(n, 40)))
+    hist = np.sqrt(np.stack([rng.dirichlet(30 * col_hist[c] + 1e-3) for c in colours])).astype(np.float32)
+    text = norm(kind_txt[kinds] + col_txt[colours] + 0.2 * rng.normal(size=(n, 24)))
+    query = norm(kind_txt[kinds] + col_txt[colours] + 0.4 * rng.normal(size=(n, 24)))
+    return kinds * 4 + colours, image, norm(hist), text, query
+
+
+@pytest.mark.parametrize("with_colour", [True, False])
+def test_the_colour_token_makes_photo_queries_find_the_same_colour(with_colour):
+    """Photo-only queries of unseen items against described items: without the colour token a
+    photo finds its kind but colours at chance; with it, the same kind and colour."""
+    labels, image, hist, text, query = _colour_world(n_per=30, seed=5, colour_dim=16)
+    n = len(labels)
+    order = np.random.default_rng(6).permutation(n)
+    train, test = order[: 2 * n // 3], order[2 * n // 3 :]
+    cfg = FusionConfig(
+        text_dim=24,
+        image_dim=40,
+        colour_dim=16 if with_colour else 0,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        ff_dim=64,
+        query_hidden=32,
+        dropout=0.0,
+        n_gram_buckets=0,
+    )
+    items = ItemArrays.empty(n, cfg)
+    items.text, items.image = text, image
+    items.text_mask[train] = True
+    items.image_mask[:] = True
+    if with_colour:
+        items.colour, items.colour_mask[:] = hist, True
+    pairs = PairSet()
+    for i in train.tolist():
+        pairs.add(f"q{i}", i, 1, 1.0, [])
+    data = _Data(items, [frozenset()] * n, pairs, query[train])
+    tc = TrainConfig(epochs=12, batch_size=60, lr=3e-3, d_model=32, n_heads=2, hard_negatives=False)
+    torch.manual_seed(0)
+    model = FusionModel(cfg)
+    trainer = Trainer(model, data, _Val(), train, train, {}, tc)
+    for _ in range(tc.epochs):
+        slots = trainer._epoch_slots()
+        variants = trainer._variants(slots)
+        model.train()
+        for s in range(0, len(slots), tc.batch_size):
+            loss = trainer._loss_text(slots[s : s + tc.batch_size], variants[s : s + tc.batch_size], {})
+            trainer.opt.zero_grad()
+            loss.backward()
+            trainer.opt.step()
+    described = items.take(test)
+    described.text_mask[:] = True
+    photo = items.take(test)
+    photo.text_mask[:] = False
+    sims = embed_items(model, photo)[0] @ embed_items(model, described)[0].T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, :5]
+    same_kind = np.mean(labels[test][top] // 4 == (labels[test] // 4)[:, None])
+    same_both = np.mean(labels[test][top] == labels[test][:, None])
+    assert same_kind > 0.8, same_kind
+    if with_colour:
+        assert same_both > 0.7, same_both
+    else:
+        assert same_both < 0.5, same_both  # colours at chance (1 in 4): the photo vectors lack them
+
+
+def test_a_model_saved_before_the_colour_token_loads_and_ignores_a_histogram(tmp_path):
+    from indexer.fusion.sidecar import FusedIndex
+
+    cfg = FusionConfig(text_dim=16, image_dim=12, d_model=32, n_heads=4, ff_dim=32, query_hidden=16)
+    torch.manual_seed(1)
+    model = FusionModel(cfg)
+    save_checkpoint(model, tmp_path / "old")
+    doc = json.loads((tmp_path / "old" / "config.json").read_text())
+    del doc["config"]["colour_dim"]  # as configs were written before the colour token
+    (tmp_path / "old" / "config.json").write_text(json.dumps(doc))
+    old, _ = load_checkpoint(tmp_path / "old")
+    assert old.config.colour_dim == 0 and old.proj_colour is None
+    assert old.type_emb.weight.shape[0] == len(TOKEN_TYPES) - 1  # the old weights, loaded strictly
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=12).astype(np.float32)
+    fused = FusedIndex(old, doc, None, "v-000001", "gen-000001")
+    plain = fused.query_vector(None, image)
+    assert np.allclose(fused.query_vector(None, image, colour=rng.random(128).astype(np.float32)), plain)
+    # a model with the colour token reads the query photo's histogram
+    new_cfg = FusionConfig(**{**cfg.to_dict(), "colour_dim": 128})
+    torch.manual_seed(1)
+    new = FusedIndex(FusionModel(new_cfg), {}, None, "v-000001", "gen-000001")
+    colour = np.sqrt(rng.dirichlet(np.ones(128))).astype(np.float32)
+    with_colour = new.query_vector(None, image, colour=colour)
+    assert np.linalg.norm(with_colour) == pytest.approx(1.0, abs=1e-5)
+    assert not np.allclose(with_colour, new.query_vector(None, image), atol=1e-4)
+    # a model trained on another histogram recipe must not be fed this one's histograms
+    stale = FusionModel(FusionConfig(**{**new_cfg.to_dict(), "colour_model": "colour-some-older-recipe"}))
+    save_checkpoint(stale, tmp_path / "stale")
+    with pytest.raises(IndexCorruptError, match="colour histograms"):
+        load_checkpoint(tmp_path / "stale")
+
+
 def test_pseudo_queries_come_from_the_items_own_fields():
     p = Product(
         id="1",
@@ -360,9 +501,42 @@ def test_photo_only_items_found_by_text_and_explained(trained):
 
 
 @pytest.mark.slow
+def test_photo_queries_carry_their_colour_histogram(trained):
+    from indexer.encoders.colour import COLOUR_DIM, colour_histogram
+    from indexer.media import load_image
+    from reranker.pipeline import SearchPipeline, SearchRequest
+    from retriever.search import Retriever
+
+    folder, catalog, index_dir, settings, photo_only, result = trained
+    pipe = SearchPipeline.open(index_dir, settings)
+    try:
+        fused = pipe.index.fused
+        assert fused.config.colour_dim == COLOUR_DIM  # a catalog with photos trains the colour token
+        assert result.counts["colour_items"] == 60
+        retriever = Retriever(pipe.index, settings)
+        same_colour = []
+        for pid in photo_only:
+            color = pid.split("-")[1]
+            img = load_image(folder / "images" / f"{pid}.png")
+            r = retriever.retrieve(image=img, sources={"fused"}, depth=10)
+            iv = pipe.index.encoders.image.encode([img])[0]
+            with_colour = fused.query_vector(None, iv, None, colour_histogram(img))
+            assert np.allclose(r.query_vectors["fused"], with_colour, atol=1e-5)
+            assert not np.allclose(with_colour, fused.query_vector(None, iv), atol=1e-4)
+            top = [c.id for c in r.candidates if c.id != pid][:3]
+            same_colour.append(np.mean([t.split("-")[1] == color for t in top]))
+        assert np.mean(same_colour) > 0.8, same_colour
+        resp = pipe.search(SearchRequest(text="red mug", k=5, explain=True))
+        assert "colour" in resp.results[0].explain["fused_model"]["attention"]
+    finally:
+        pipe.close()
+
+
+@pytest.mark.slow
 def test_upserts_get_fused_vectors_and_a_retrained_model_swaps_in(trained):
     from PIL import Image
 
+    from indexer.fusion.features import rows_arrays
     from indexer.fusion.sidecar import publish_current
     from reranker.pipeline import SearchPipeline, SearchRequest
 
@@ -375,6 +549,8 @@ def test_upserts_get_fused_vectors_and_a_retrained_model_swaps_in(trained):
         pipe.upsert([new])
         row = pipe.index.table.id_to_row["new-photo"]
         assert pipe.index.fused.index.contains(np.asarray([row]))[0]
+        arrays = rows_arrays(np.asarray([row]), pipe.index.table, pipe.index.vectors, pipe.index.fused.config)
+        assert arrays.image_mask[0] and arrays.colour_mask[0]  # embedded with its photo's histogram
         # the upserted photo-only item is reachable by text through its new fused vector (checked on
         # the fused source itself: the fused list order of a 30-epoch toy model is what is tested,
         # the hybrid page around it varied with test order)
@@ -447,3 +623,32 @@ def test_a_damaged_sidecar_leaves_the_index_serving(trained, tmp_path):
         assert live.fused is None and len(live.table) == 60
     finally:
         live.close()
+
+
+@pytest.mark.slow
+def test_word_gram_channel_is_optional_and_reads_the_query_words(trained, tmp_path):
+    """The hashed word/trigram channel is off by default (it lowered Home Depot validation); when
+    switched on it is trained, saved, served, and the query's own words change its vector."""
+    import shutil
+
+    from indexer.fusion.train import train_fusion
+    from indexer.store import LiveIndex
+
+    folder, catalog, index_dir, settings, photo_only, result = trained
+    assert TrainConfig().n_gram_buckets == 0 and settings.fusion_gram_buckets == 0
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    local = settings.model_copy(update={"index_dir": copy})
+    cfg = TrainConfig(epochs=2, batch_size=32, d_model=32, n_heads=2, ff_dim=64, seed=0, n_gram_buckets=512)
+    train_fusion(copy, local, config=cfg, progress=False, publish=True)
+    plain, grams = LiveIndex(index_dir, settings), LiveIndex(copy, local)
+    try:
+        assert plain.fused.config.n_gram_buckets == 0 and grams.fused.config.n_gram_buckets == 512
+        tv = plain.encoders.text.encode(["green mug"])[0]
+        for live, differs in ((plain, False), (grams, True)):
+            a = live.fused.query_vector(tv, None, "green mug")
+            b = live.fused.query_vector(tv, None, "blue lamp shade")
+            assert (not np.allclose(a, b, atol=1e-6)) is differs
+    finally:
+        plain.close()
+        grams.close()

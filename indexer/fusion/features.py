@@ -114,19 +114,38 @@ def meta_features(products: Sequence[Product], config: FusionConfig) -> dict[str
     return {"brand": brand, "category": category, "price": price}
 
 
+def photo_colours(
+    products: Sequence[Product], cache: Any = None, *, max_pixels: int = 64_000_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, COLOUR_DIM) colour histograms of the items' main photos (``images[0]``) and a present
+    mask; items without a readable photo have none. ``cache``: the index's EmbeddingCache."""
+    from indexer.encoders.colour import colour_histograms
+
+    paths = [p.images[0] if p.images else None for p in products]
+    return colour_histograms(paths, cache, max_pixels=max_pixels)
+
+
 def item_arrays(
     products: Sequence[Product],
     vectors: Mapping[str, Mapping[int, np.ndarray] | tuple[np.ndarray, np.ndarray]],
     config: FusionConfig,
+    *,
+    colour_cache: Any = None,
+    max_pixels: int = 64_000_000,
 ) -> ItemArrays:
     """ItemArrays for ``products``; ``vectors`` maps modality -> (matrix aligned with products,
-    present mask) or -> {position: vector}. Modalities the model has no token for are ignored."""
+    present mask) or -> {position: vector}. Modalities the model has no token for are ignored.
+    A model with the colour token gets ``vectors["colour"]`` when given, else the histograms of
+    the items' photo files (``photo_colours``); an item has a colour only if it has a photo vector."""
     n = len(products)
     out = ItemArrays.empty(n, config)
+    if config.colour_dim and "colour" not in vectors:
+        vectors = {**vectors, "colour": photo_colours(products, colour_cache, max_pixels=max_pixels)}
     for modality, dim in (
         ("text", config.text_dim),
         ("image", config.image_dim),
         ("video", config.video_dim),
+        ("colour", config.colour_dim),
     ):
         src = vectors.get(modality)
         if src is None or dim == 0:
@@ -141,6 +160,7 @@ def item_arrays(
             for pos, v in src.items():
                 mat[pos] = v
                 mask[pos] = True
+    out.colour_mask &= out.image_mask  # the histogram is part of the photo token's evidence
     meta = meta_features(products, config)
     out.brand, out.category, out.price = meta["brand"], meta["category"], meta["price"]
     if config.n_gram_buckets:
@@ -150,10 +170,17 @@ def item_arrays(
 
 
 def rows_arrays(
-    rows: np.ndarray, table: Any, vector_indexes: Mapping[str, Any], config: FusionConfig
+    rows: np.ndarray,
+    table: Any,
+    vector_indexes: Mapping[str, Any],
+    config: FusionConfig,
+    *,
+    colour_cache: Any = None,
+    max_pixels: int = 64_000_000,
 ) -> ItemArrays:
     """ItemArrays for item-table rows, reading their vectors back from the loaded indexes
-    (``vectors_for``) - the serving path for WAL upserts and for a freshly trained model."""
+    (``vectors_for``) - the serving path for WAL upserts and for a freshly trained model. Colour
+    histograms (models with the colour token) come from the rows' photo files."""
     rows = np.asarray(rows, dtype=np.int64)
     products = [table.product(int(r)) for r in rows]
     vecs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -170,4 +197,4 @@ def rows_arrays(
         if present.any():
             mat[present] = index.vectors_for(rows[present])
         vecs[modality] = (mat, present)
-    return item_arrays(products, vecs, config)
+    return item_arrays(products, vecs, config, colour_cache=colour_cache, max_pixels=max_pixels)

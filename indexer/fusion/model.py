@@ -2,11 +2,13 @@
 
 Item tokens (each projected to ``d_model`` and tagged with a learned token-type embedding)::
 
-    [CLS] text image video brand category price
+    [CLS] text image video brand category price words colour
 
 ``text``/``image``/``video`` are the stored encoder vectors (MiniLM, EfficientNet-Lite, pooled
 video frames); ``brand``, ``category`` (mean of the embeddings of every prefix of the path, so
-"Men > Tops" shares with "Men") and ``price`` (a log-price bucket) are learned embeddings. Absent
+"Men > Tops" shares with "Men") and ``price`` (a log-price bucket) are learned embeddings;
+``words`` are the item's hashed words and trigrams; ``colour`` is the HSV histogram of the item's
+photo (``indexer.encoders.colour``), which the image encoder's pooled features mostly lose. Absent
 tokens are masked out of attention, so one model serves items with any subset of modalities.
 
 The output lives in the text encoder's space (``out_dim == text_dim``): the item vector is
@@ -31,7 +33,17 @@ from torch.nn import functional as F
 
 from shopsearch.errors import IndexCorruptError
 
-TOKEN_TYPES: tuple[str, ...] = ("cls", "text", "image", "video", "brand", "category", "price", "words")
+TOKEN_TYPES: tuple[str, ...] = (
+    "cls",
+    "text",
+    "image",
+    "video",
+    "brand",
+    "category",
+    "price",
+    "words",
+    "colour",
+)
 CONTENT_TOKENS: tuple[str, ...] = ("text", "image", "video")
 FORMAT = "shopsearch-fusion"
 FORMAT_VERSION = 1
@@ -62,12 +74,21 @@ class FusionConfig:
     n_gram_buckets: int = 32768
     max_item_grams: int = 96
     max_query_grams: int = 48
+    # the photo's colour histogram as its own token (0: none; configs written before it had none)
+    colour_dim: int = 0
     text_model: str = ""
     image_model: str = ""
+    colour_model: str = ""  # the histogram recipe (indexer.encoders.colour.COLOUR_NAME)
 
     @property
     def out_dim(self) -> int:
         return self.text_dim
+
+    @property
+    def n_token_types(self) -> int:
+        """Token types this model embeds: a model without the colour token has one fewer (so
+        checkpoints written before it existed load unchanged)."""
+        return len(TOKEN_TYPES) if self.colour_dim else len(TOKEN_TYPES) - 1
 
     @property
     def n_price_buckets(self) -> int:
@@ -97,6 +118,8 @@ class ItemArrays:
     category: np.ndarray  # (B, depth) int64, 0 = pad
     price: np.ndarray  # (B,) int64, 0 = none
     grams: np.ndarray  # (B, max_item_grams) int32 hashed word/trigram ids, 0 = pad
+    colour: np.ndarray  # (B, colour_dim) float32 photo colour histogram
+    colour_mask: np.ndarray
 
     def __len__(self) -> int:
         return len(self.text_mask)
@@ -119,6 +142,7 @@ class ItemArrays:
                 (self.category > 0).any(axis=1),
                 self.price > 0,
                 (self.grams > 0).any(axis=1),
+                self.colour_mask,
             ],
             axis=1,
         )
@@ -136,6 +160,8 @@ class ItemArrays:
             category=np.zeros((n, config.max_category_depth), dtype=np.int64),
             price=np.zeros(n, dtype=np.int64),
             grams=np.zeros((n, config.max_item_grams if config.n_gram_buckets else 1), dtype=np.int32),
+            colour=np.zeros((n, config.colour_dim), dtype=np.float32),
+            colour_mask=np.zeros(n, dtype=bool),
         )
 
 
@@ -146,11 +172,14 @@ def modality_dropout(
     p_content: float = 0.3,
     p_meta: float = 0.2,
     p_meta_without_text: float = 0.5,
+    p_colour: float = 0.1,
 ) -> ItemArrays:
     """Drop tokens at random so the model learns to embed items that lack a photo, a text or
     metadata. Each content token (text/image/video) is dropped with ``p_content`` but at least one
     present content token always survives; brand/category/price are dropped with ``p_meta`` (with
-    ``p_meta_without_text`` when the text went, since a photo-only catalog usually has neither)."""
+    ``p_meta_without_text`` when the text went, since a photo-only catalog usually has neither).
+    The colour histogram is part of the photo: it goes when the photo goes, and alone with
+    ``p_colour`` (a photo whose file could not be read again has a vector but no histogram)."""
     out = items.copy()
     n = len(out)
     content = np.stack([out.text_mask, out.image_mask, out.video_mask], axis=1)
@@ -167,6 +196,8 @@ def modality_dropout(
         arr = getattr(out, name)
         arr[rng.random(n) < p] = 0
     out.category[rng.random(n) < p] = 0
+    if out.colour.shape[1]:
+        out.colour_mask = out.colour_mask & out.image_mask & (rng.random(n) >= p_colour)
     return out
 
 
@@ -199,10 +230,13 @@ class FusionModel(nn.Module):
         self.config = c = config
         d = c.d_model
         self.cls = nn.Parameter(torch.zeros(d))
-        self.type_emb = nn.Embedding(len(TOKEN_TYPES), d)
+        self.type_emb = nn.Embedding(c.n_token_types, d)
         self.proj_text = nn.Sequential(nn.Linear(c.text_dim, d), nn.LayerNorm(d))
         self.proj_image = nn.Sequential(nn.Linear(c.image_dim, d), nn.LayerNorm(d)) if c.image_dim else None
         self.proj_video = nn.Sequential(nn.Linear(c.video_dim, d), nn.LayerNorm(d)) if c.video_dim else None
+        self.proj_colour = (
+            nn.Sequential(nn.Linear(c.colour_dim, d), nn.LayerNorm(d)) if c.colour_dim else None
+        )
         self.brand_emb = nn.Embedding(len(c.brands) + 1, d, padding_idx=0)
         self.category_emb = nn.Embedding(len(c.categories) + 1, d, padding_idx=0)
         self.price_emb = nn.Embedding(c.n_price_buckets, d, padding_idx=0)
@@ -259,6 +293,7 @@ class FusionModel(nn.Module):
             (cat > 0).any(dim=1),
             x["price"] > 0,
             (x["grams"] > 0).any(dim=1) if self.gram_emb is not None else none,
+            x["colour_mask"] if self.proj_colour is not None else none,
         ]
 
         def category() -> torch.Tensor:
@@ -274,8 +309,9 @@ class FusionModel(nn.Module):
             category,
             lambda: self.price_emb(x["price"]),
             lambda: self.words_gate * self.words_ln(self.gram_emb(x["grams"])),
+            lambda: self.proj_colour(x["colour"]),
         ]
-        kept = [0] + [j for j in range(1, len(TOKEN_TYPES)) if bool(present[j].any())]
+        kept = [0] + [j for j in range(1, self.config.n_token_types) if bool(present[j].any())]
         h = torch.stack([makers[j]() for j in kept], dim=1) + self.type_emb.weight[kept][None, :, :]
         pad = ~torch.stack([present[j] for j in kept], dim=1)
         return h, pad, kept
@@ -320,6 +356,8 @@ def to_tensors(items: ItemArrays, device: str = "cpu") -> dict[str, torch.Tensor
         "category": torch.from_numpy(items.category.astype(np.int64)).to(device),
         "price": torch.from_numpy(items.price.astype(np.int64)).to(device),
         "grams": torch.from_numpy(items.grams.astype(np.int64)).to(device),
+        "colour": torch.from_numpy(np.ascontiguousarray(items.colour, dtype=np.float32)).to(device),
+        "colour_mask": torch.from_numpy(items.colour_mask.astype(bool)).to(device),
     }
 
 
@@ -408,6 +446,13 @@ def load_checkpoint(folder: Path) -> tuple[FusionModel, dict[str, Any]]:
         model = FusionModel(config)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise IndexCorruptError(f"{folder / CONFIG_FILE}: invalid model config: {exc}") from None
+    from indexer.encoders.colour import COLOUR_NAME
+
+    if config.colour_dim and config.colour_model not in ("", COLOUR_NAME):
+        raise IndexCorruptError(
+            f"{folder / CONFIG_FILE}: the model reads colour histograms {config.colour_model!r} but this "
+            f"version computes {COLOUR_NAME!r}; retrain with 'shopsearch train-fusion'"
+        )
     weights = folder / WEIGHTS_FILE
     try:
         state = load_file(str(weights))

@@ -98,10 +98,16 @@ class FusedIndex:
         return self.model.config
 
     def query_vector(
-        self, text_vec: np.ndarray | None, image_vec: np.ndarray | None, text: str | None = None
+        self,
+        text_vec: np.ndarray | None,
+        image_vec: np.ndarray | None,
+        text: str | None = None,
+        colour: np.ndarray | None = None,
     ) -> np.ndarray:
         """The fused-space query: the text (its encoder vector and its words) through the query
-        tower, a photo through the item tower as a photo-only item, both -> the normalised sum."""
+        tower, a photo through the item tower as a photo-only item, both -> the normalised sum.
+        ``colour`` is the query photo's histogram (``indexer.encoders.colour``): a model with the
+        colour token reads it next to the photo vector; a model without one ignores it."""
         from indexer.fusion.features import query_grams
         from indexer.fusion.model import ItemArrays, embed_items, embed_queries
 
@@ -114,6 +120,9 @@ class FusedIndex:
             items = ItemArrays.empty(1, self.config)
             items.image[0] = image_vec
             items.image_mask[0] = True
+            if colour is not None and self.config.colour_dim == len(colour):
+                items.colour[0] = colour
+                items.colour_mask[0] = True
             parts.append(embed_items(self.model, items)[0][0])
         if not parts:
             raise InvalidQueryError(
@@ -293,6 +302,7 @@ def fuse_build(
     """build_index hook: when INDEX/models/fusion holds a model, give every built row a fused
     vector (from the vectors just encoded) and publish it as the generation's first version.
     A model made for other encoders is skipped with a warning in the ingest report."""
+    from indexer.embcache import EmbeddingCache
     from indexer.fusion.features import item_arrays
     from indexer.fusion.model import embed_items, load_checkpoint
 
@@ -321,7 +331,13 @@ def fuse_build(
         m: {i: getattr(encoded, m)[p.id] for i, p in enumerate(products) if p.id in getattr(encoded, m)}
         for m in ("text", "image", "video")
     }
-    fused, _ = embed_items(model, item_arrays(products, vecs, c))
+    cache = EmbeddingCache(Path(index_dir) / "embcache.sqlite") if c.colour_dim else None
+    try:  # the cache spares recomputing the photos' colour histograms
+        arrays = item_arrays(products, vecs, c, colour_cache=cache, max_pixels=settings.max_image_pixels)
+    finally:
+        if cache is not None:
+            cache.close()
+    fused, _ = embed_items(model, arrays)
     version = write_version(
         gen_path, folder, fused, rows, settings, {"source": "build", "model": doc.get("train", {})}
     )
@@ -331,6 +347,7 @@ def fuse_build(
 def publish_current(index_dir: Path, settings: Any, *, progress: bool = False) -> dict[str, Any]:
     """Fused vectors for the live generation from its stored vectors (nothing re-encoded), with
     the model in INDEX/models/fusion, published as a new sidecar version."""
+    from indexer.embcache import EmbeddingCache
     from indexer.fusion.features import rows_arrays
     from indexer.fusion.model import embed_items, load_checkpoint
     from indexer.store import LiveIndex, write_lock
@@ -343,7 +360,20 @@ def publish_current(index_dir: Path, settings: Any, *, progress: bool = False) -
             n_built = _count_lines(live.path / "items.jsonl")
             rows = np.asarray([r for r in range(n_built) if live.table.is_live(r)], dtype=np.int64)
             t0 = time.perf_counter()
-            vecs, _ = embed_items(model, rows_arrays(rows, live.table, live.vectors, model.config))
+            cache = EmbeddingCache(Path(index_dir) / "embcache.sqlite") if model.config.colour_dim else None
+            try:  # the cache spares recomputing the photos' colour histograms
+                arrays = rows_arrays(
+                    rows,
+                    live.table,
+                    live.vectors,
+                    model.config,
+                    colour_cache=cache,
+                    max_pixels=settings.max_image_pixels,
+                )
+            finally:
+                if cache is not None:
+                    cache.close()
+            vecs, _ = embed_items(model, arrays)
             version = write_version(live.path, folder, vecs, rows, settings, {"source": "train-fusion"})
             return {
                 "generation": live.generation,

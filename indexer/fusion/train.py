@@ -7,8 +7,8 @@ Loss per step (InfoNCE, learned temperature, both directions):
   negative per slot (an item judged clearly lower for that query, or one mined from the current
   model's top results). Items go through modality dropout, so a text learns to find an item from
   its photo alone.
-* photo -> item (catalogs with photos): an item's photo alone (an augmented view when cached)
-  against the items' other views.
+* photo -> item (catalogs with photos): an item's photo alone (an augmented view when cached,
+  with that view's colour histogram) against the items' other views.
 
 Known false negatives never count as negatives: items judged about as relevant to the same
 query, items that generated the same pseudo-query, and items whose own text contains every word
@@ -47,6 +47,7 @@ from indexer.fusion.data import (
     catalog_synonyms,
     item_text,
     judged_pairs,
+    photo_view_colours,
     photo_views,
 )
 from shopsearch.errors import ConfigError, InvalidQueryError
@@ -77,7 +78,10 @@ class TrainConfig:
     p_clean: float = 0.5  # chance a slot uses its clean query instead of an augmented one
     view_weight: float = 0.5
     view_alike_jaccard: float = 0.25  # items this alike are not each other's negatives (photo loss)
-    n_gram_buckets: int = 32768  # hashed word/trigram channel (0: off)
+    n_gram_buckets: int = 0  # hashed word/trigram channel (0: off; it lowered HD validation 0.72 -> 0.66)
+    colour: bool = True  # a colour-histogram token next to the photo (catalogs with photos)
+    p_colour_drop: float = 0.1  # chance an item's histogram is hidden while its photo stays
+    colour_view_jitter: bool = False  # photo views' histograms with the brightness/saturation jitter
     p_drop_query_words: float = 0.5  # share of training queries without their words (items: half that)
     p_content_drop: float = 0.35
     synonym_threshold: float = 0.8
@@ -328,6 +332,7 @@ class Trainer:
         views: dict[int, np.ndarray],
         cfg: TrainConfig,
         *,
+        view_colours: dict[int, np.ndarray] | None = None,
         progress: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -340,6 +345,7 @@ class Trainer:
         self.train_positions = train_positions
         self.all_positions = all_positions
         self.views = views
+        self.view_colours = view_colours or {}  # position -> histograms aligned with views[position]
         self.cfg = cfg
         self.progress = progress
         self.log = log or (lambda _m: None)
@@ -459,7 +465,10 @@ class Trainer:
         own = data.arr["item"][slots]
         negs = np.asarray([neg[s] for s in slots.tolist() if s in neg], dtype=np.int64)
         cols = np.concatenate([own, negs])
-        items = modality_dropout(data.items.take(cols), self.rng, p_content=self.cfg.p_content_drop)
+        cfg = self.cfg
+        items = modality_dropout(
+            data.items.take(cols), self.rng, p_content=cfg.p_content_drop, p_colour=cfg.p_colour_drop
+        )
         items.grams[self.rng.random(len(cols)) < self.cfg.p_drop_query_words / 2] = 0
         if self.views:
             self._swap_views(items, cols, p=0.3)
@@ -486,11 +495,16 @@ class Trainer:
         return (loss_q + loss_i) / 2
 
     def _swap_views(self, items: Any, positions: np.ndarray, p: float) -> None:
-        """Replace stored photo vectors by cached augmented views (crops, jitter) at random."""
+        """Replace stored photo vectors by cached augmented views (crops, jitter) at random, and
+        the colour histogram by that view's (when the model has the colour token)."""
         for i, pos in enumerate(positions.tolist()):
             v = self.views.get(pos)
             if v is not None and items.image_mask[i] and self.pyrng.random() < p:
-                items.image[i] = v[self.pyrng.randrange(len(v))]
+                k = self.pyrng.randrange(len(v))
+                items.image[i] = v[k]
+                c = self.view_colours.get(pos)
+                if c is not None and len(c) == len(v):
+                    items.colour[i] = c[k]
 
     def _loss_view(self, batch: np.ndarray) -> Any:
         from indexer.fusion.model import modality_dropout, to_tensors
@@ -499,7 +513,7 @@ class Trainer:
         items = self.data.items.take(batch)
         photo = _photo_only(items)
         self._swap_views(photo, batch, p=0.7)
-        other = modality_dropout(items, self.rng, p_content=0.5)
+        other = modality_dropout(items, self.rng, p_content=0.5, p_colour=self.cfg.p_colour_drop)
         other.text_mask |= items.text_mask  # the other view keeps its text: photo <-> described item
         a, _ = self.model.encode_items(to_tensors(photo))
         b, _ = self.model.encode_items(to_tensors(other))
@@ -644,6 +658,7 @@ def train_fusion(
     import torch
 
     from indexer.embcache import EmbeddingCache, encode_texts_cached
+    from indexer.encoders.colour import COLOUR_DIM, COLOUR_NAME
     from indexer.fusion.features import build_vocab, query_grams, rows_arrays
     from indexer.fusion.model import FusionConfig, FusionModel, save_checkpoint
     from indexer.fusion.sidecar import model_dir, publish_current
@@ -674,9 +689,10 @@ def train_fusion(
                 f"{text_enc.dim}: rebuild the index or set text_model as it was built"
             )
         vocab = build_vocab([p for p, ok in zip(products, train_mask, strict=True) if ok])
+        image_dim = vectors["image"].dim if "image" in vectors else 0
         mconf = FusionConfig(
             text_dim=text_dim,
-            image_dim=vectors["image"].dim if "image" in vectors else 0,
+            image_dim=image_dim,
             video_dim=vectors["video"].dim if "video" in vectors else 0,
             d_model=cfg.d_model,
             n_layers=cfg.n_layers,
@@ -684,13 +700,21 @@ def train_fusion(
             ff_dim=cfg.ff_dim,
             dropout=cfg.dropout,
             n_gram_buckets=cfg.n_gram_buckets,
+            colour_dim=COLOUR_DIM if cfg.colour and image_dim else 0,
+            colour_model=COLOUR_NAME if cfg.colour and image_dim else "",
             text_model=text_enc.name,
             image_model=live.manifest.get("models", {}).get("image", {}).get("name", ""),
             **vocab,
         )
         if not mconf.video_dim and "image" not in vectors and "video" in vectors:
             mconf.video_dim = vectors["video"].dim
-        items = rows_arrays(all_rows, table, vectors, mconf)
+        t_items = time.perf_counter()
+        items = rows_arrays(
+            all_rows, table, vectors, mconf, colour_cache=cache, max_pixels=settings.max_image_pixels
+        )
+        if mconf.colour_dim:
+            secs = time.perf_counter() - t_items
+            log(f"colour histograms of {int(items.colour_mask.sum())} photos in {secs:.0f} s")
         item_bows = [bow(item_text(p)) for p in products]
         positions = np.arange(len(all_rows))
         train_pos = positions[train_mask]
@@ -791,6 +815,7 @@ def train_fusion(
             val.judged_grams = query_grams(val_texts[len(picked) :], mconf)
 
         views: dict[int, np.ndarray] = {}
+        view_colours: dict[int, np.ndarray] = {}
         if cfg.photo_views > 0 and mconf.image_dim and "image" in vectors:
             t_views = time.perf_counter()
             train_products = [products[i] for i in train_pos if items.image_mask[i]]
@@ -805,6 +830,17 @@ def train_fusion(
                 progress=progress,
             )
             views = {id_pos[k]: v for k, v in by_id.items() if v.shape[1] == mconf.image_dim}
+            if mconf.colour_dim:
+                hist_by_id = photo_view_colours(
+                    [p for p in train_products if id_pos[p.id] in views],
+                    cache,
+                    n_views=cfg.photo_views,
+                    seed=cfg.seed,
+                    jitter=cfg.colour_view_jitter,
+                    max_pixels=settings.max_image_pixels,
+                    progress=progress,
+                )
+                view_colours = {id_pos[k]: v for k, v in hist_by_id.items()}
             n_views = sum(len(v) for v in views.values())
             secs_views = time.perf_counter() - t_views
             log(f"{n_views} augmented photo views of {len(views)} items in {secs_views:.0f} s")
@@ -818,6 +854,7 @@ def train_fusion(
                 "val_queries": len(val.judged_rel),
                 "excluded_items": int((~train_mask).sum()),
                 "photo_view_items": len(views),
+                "colour_items": int(items.colour_mask.sum()),
             }
         )
         log(f"training pairs: {counts}")
@@ -839,6 +876,7 @@ def train_fusion(
             positions,
             views,
             cfg,
+            view_colours=view_colours,
             progress=progress,
             log=log,
         )

@@ -4,6 +4,7 @@ L2-normalised rows. Heavy libraries (torch, open_clip, PyAV) are imported only w
 loaded, so importing this package is cheap."""
 
 from indexer.encoders.base import ImageEncoder, TextEncoder
+from indexer.encoders.colour import colour_histogram, colour_histograms
 from indexer.encoders.image import (
     EfficientNetLiteEncoder,
     OpenClipImageEncoder,
@@ -29,6 +30,8 @@ __all__ = [
     "OpenClipImageEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
+    "colour_histogram",
+    "colour_histograms",
     "default_onnx_cache_dir",
     "encode_video",
     "ensure_onnx_export",

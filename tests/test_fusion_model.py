@@ -32,6 +32,19 @@ from shopsearch.errors import IndexCorruptError
 torch.set_num_threads(1)
 
 
+def train_text_steps(trainer: Trainer, model: FusionModel, tc: TrainConfig) -> None:
+    """The trainer's own text-loss steps for ``tc.epochs`` epochs, without validation."""
+    for _ in range(tc.epochs):
+        slots = trainer._epoch_slots()
+        variants = trainer._variants(slots)
+        model.train()
+        for s in range(0, len(slots), tc.batch_size):
+            loss = trainer._loss_text(slots[s : s + tc.batch_size], variants[s : s + tc.batch_size], {})
+            trainer.opt.zero_grad()
+            loss.backward()
+            trainer.opt.step()
+
+
 def _items(n: int, cfg: FusionConfig, rng: np.random.Generator, *, text=True, image=True) -> ItemArrays:
     items = ItemArrays.empty(n, cfg)
     t = rng.normal(size=(n, cfg.text_dim)).astype(np.float32)
@@ -149,15 +162,7 @@ def test_tiny_training_learns_a_planted_cross_modal_mapping():
 
     before = recall_at_10()
     trainer = Trainer(model, data, _Val(), np.arange(n_train), np.arange(n_train), {}, tc)
-    for _ in range(tc.epochs):  # the trainer's own steps, without validation
-        slots = trainer._epoch_slots()
-        variants = trainer._variants(slots)
-        model.train()
-        for s in range(0, len(slots), tc.batch_size):
-            loss = trainer._loss_text(slots[s : s + tc.batch_size], variants[s : s + tc.batch_size], {})
-            trainer.opt.zero_grad()
-            loss.backward()
-            trainer.opt.step()
+    train_text_steps(trainer, model, tc)
     after = recall_at_10()
     assert before < 0.15  # random is 10/200 = 0.05
     assert after > 0.6, (before, after)
@@ -313,15 +318,7 @@ def test_the_colour_token_makes_photo_queries_find_the_same_colour(with_colour):
     torch.manual_seed(0)
     model = FusionModel(cfg)
     trainer = Trainer(model, data, _Val(), train, train, {}, tc)
-    for _ in range(tc.epochs):
-        slots = trainer._epoch_slots()
-        variants = trainer._variants(slots)
-        model.train()
-        for s in range(0, len(slots), tc.batch_size):
-            loss = trainer._loss_text(slots[s : s + tc.batch_size], variants[s : s + tc.batch_size], {})
-            trainer.opt.zero_grad()
-            loss.backward()
-            trainer.opt.step()
+    train_text_steps(trainer, model, tc)
     described = items.take(test)
     described.text_mask[:] = True
     photo = items.take(test)

@@ -437,6 +437,13 @@ def train_reranker_cmd(
         None
     ),
     cache: Annotated[Path | None, typer.Option(help="Folder to cache candidate lists in.")] = None,
+    fusion_folds: Annotated[
+        int,
+        typer.Option(
+            help="Cross-fit the fused source over this many folds (one fusion training each): use it "
+            "when the index's fusion model was trained on these same judgments."
+        ),
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train the listwise re-ranker on judged queries; a running server swaps it in by itself."""
@@ -463,6 +470,7 @@ def train_reranker_cmd(
         split_train_only=split_train_only,
         out=out,
         cache=cache,
+        fusion_folds=fusion_folds,
         progress=not quiet,
         log=typer.echo,
     )

@@ -736,11 +736,14 @@ def train_reranker(
     split_train_only: bool = False,
     out: Path | None = None,
     cache: Path | None = None,
+    fusion_folds: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainingRun:
     """Build candidate lists with the index's own retriever, train, and write the checkpoint
-    (default INDEX/models/reranker, where serving picks it up without a restart)."""
+    (default INDEX/models/reranker, where serving picks it up without a restart). With
+    ``fusion_folds`` >= 2 the lists' fused source is cross-fitted (reranker.crossfit): use it when
+    the index's fusion model was trained on these same judgments."""
     from reranker.base import PassThroughReranker
     from reranker.pipeline import SearchPipeline
     from reranker.serving import model_dir
@@ -770,10 +773,29 @@ def train_reranker(
                 ]
             ).encode()
         ).hexdigest()[:12]
-        lists = _cached_lists(
-            cache, key, "train", pipeline, extractor, train_q, qrels, variants, cfg, progress
-        )
-        val = _cached_lists(cache, key, "val", pipeline, extractor, val_q, qrels, ("clean",), cfg, progress)
+        if fusion_folds > 1:
+            from reranker.crossfit import crossfit_lists
+
+            got = crossfit_lists(
+                Path(index_dir),
+                settings,
+                {"train": (train_q, variants), "val": (val_q, ("clean",))},
+                qrels,
+                folds=fusion_folds,
+                seed=cfg.seed,
+                depth=cfg.depth,
+                progress=progress,
+                log=log,
+            )
+            lists, val = got["train"], got["val"]
+            counts["fusion_folds"] = fusion_folds
+        else:
+            lists = _cached_lists(
+                cache, key, "train", pipeline, extractor, train_q, qrels, variants, cfg, progress
+            )
+            val = _cached_lists(
+                cache, key, "val", pipeline, extractor, val_q, qrels, ("clean",), cfg, progress
+            )
         t_lists = time.perf_counter() - t0
         val_clean = [x for x in val.lists if x.variant == "clean"]
         fused = score_rankings(rank_lists(val_clean, fused_order_scores(val_clean), cfg.depth), qrels, cfg.k)

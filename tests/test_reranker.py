@@ -520,3 +520,67 @@ def test_a_stale_onnx_file_is_re_exported(tmp_path):
     x = scorer._probe_inputs(20, 2, seed=5)
     assert scorer.backend == "onnx"
     np.testing.assert_allclose(scorer._session.run(["scores"], x)[0][0], scorer._torch_score(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cross_fitted_lists_take_the_fused_source_from_models_that_never_saw_the_query(
+    sample_index, tmp_path
+):
+    """--fusion-folds: each fold's lists come from a snapshot whose fusion model was trained on
+    the other folds only; the snapshots are gone afterwards, and the checkpoint records the folds."""
+    from evaluation.qrels import read_qrels, read_queries
+    from indexer.fusion.train import TrainConfig as FusionTrainConfig
+    from indexer.fusion.train import train_fusion
+    from reranker.base import PassThroughReranker
+    from reranker.crossfit import crossfit_lists, fold_of
+    from reranker.features import FEATURE_INDEX
+    from reranker.pipeline import SearchPipeline
+    from reranker.train import build_lists, train_reranker
+    from shopsearch.settings import load_settings
+
+    src, _ = sample_index
+    folder = tmp_path / "index"
+    shutil.copytree(src, folder)
+    settings = load_settings(index_dir=folder, media_roots=[SAMPLE])
+    cfg = TrainConfig(epochs=1, batch_size=4, d_model=16, heads=2, ff=32, val_fraction=0.3, patience=1)
+    with pytest.raises(ConfigError, match="train-fusion"):  # nothing to cross-fit without a model
+        train_reranker(
+            folder, SAMPLE / "queries.tsv", SAMPLE / "qrels.txt", settings=settings, cfg=cfg,
+            fusion_folds=2, progress=False, log=lambda _m: None,
+        )  # fmt: skip
+    queries, qrels = read_queries(SAMPLE / "queries.tsv"), read_qrels(SAMPLE / "qrels.txt")
+    queries = {q: t for q, t in queries.items() if q in qrels}
+    fcfg = FusionTrainConfig(epochs=3, batch_size=16, d_model=32, n_heads=2, ff_dim=64, seed=0, patience=3)
+    train_fusion(folder, settings, queries=queries, qrels=qrels, config=fcfg, progress=False)
+
+    folds = {fold_of(t, 2) for t in queries.values()}
+    assert folds == {0, 1} and fold_of("Red  Mug", 2) == fold_of("red mug".title(), 2)
+    got = crossfit_lists(
+        folder, settings, {"all": (queries, ("clean",))}, qrels,
+        folds=2, seed=0, depth=100, progress=False, log=lambda _m: None,
+    )["all"]  # fmt: skip
+    assert sorted(x.qid for x in got.lists) == sorted(queries) and got.meta["fusion_folds"] == 2
+    assert not list(folder.glob(".crossfit-*"))
+    pipe = SearchPipeline.open(folder, settings, reranker=PassThroughReranker())
+    try:
+        plain = build_lists(pipe, FeatureExtractor(pipe.index), queries, qrels, progress=False)
+    finally:
+        pipe.close()
+    col = FEATURE_INDEX["src:fused:score"]
+    by_q = {x.qid: x for x in plain.lists}
+
+    def fused_scores(x) -> dict[int, float]:
+        return {int(r): round(float(v), 5) for r, v in zip(x.rows, x.features[:, col], strict=True)}
+
+    changed = [x.qid for x in got.lists if fused_scores(x) != fused_scores(by_q[x.qid])]
+    assert len(changed) >= len(queries) // 2  # fold models, not the index's own model, scored them
+    present = FEATURE_INDEX["src:fused:present"]
+    assert all(x.features[:, present].any() for x in got.lists)  # ... and they did have a fused source
+
+    run = train_reranker(
+        folder, SAMPLE / "queries.tsv", SAMPLE / "qrels.txt", settings=settings, cfg=cfg,
+        fusion_folds=2, progress=False, log=lambda _m: None,
+    )  # fmt: skip
+    assert run.queries["fusion_folds"] == 2 and not list(folder.glob(".crossfit-*"))
+    meta = json.loads((run.model_dir / "config.json").read_text())["meta"]
+    assert meta["queries"]["fusion_folds"] == 2

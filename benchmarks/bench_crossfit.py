@@ -14,7 +14,7 @@ lists (clean, typo and word-drop variants) come from it. The re-ranker (Transfor
 LambdaMART, default settings, validation carved as in ``bench_reranker.py``) trains on the union.
 
 Test lists come from ``--full``: the index whose fusion model was trained on the whole TRAIN half
-(``bench_fusion.py --grams 0``), which is what serving would use. They are read from
+(``bench_fusion.py``, word-gram channel off: the default), which is what serving would use. They are read from
 ``.bench/rerank-fused/cache`` when ``bench_reranker.py --index FULL --work .bench/rerank-fused``
 has built them (same settings), otherwise built here. The TEST half is never used for a choice.
 Results: WORK/results.json.

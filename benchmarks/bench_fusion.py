@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -53,16 +52,11 @@ ICECAT_QUERIES = (
 
 
 def copy_index(src: Path, dst: Path) -> None:
-    """The live generation, its CURRENT and the embedding cache (no other generation)."""
-    if (dst / "CURRENT").exists():
-        return
-    name = (src / "CURRENT").read_text().strip()
-    (dst / "generations").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src / "generations" / name, dst / "generations" / name)
-    shutil.rmtree(dst / "generations" / name / "fused", ignore_errors=True)
-    if (src / "embcache.sqlite").exists():
-        shutil.copy(src / "embcache.sqlite", dst / "embcache.sqlite")
-    (dst / "CURRENT").write_text(name + "\n")
+    """The live generation, its CURRENT and the embedding cache, once (a trained model is kept)."""
+    from indexer.store import snapshot_live_generation
+
+    if not (dst / "CURRENT").exists():
+        snapshot_live_generation(src, dst)
 
 
 def encode_cached(encoder: Any, texts: list[str], path: Path) -> dict[str, np.ndarray]:

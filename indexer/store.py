@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from indexer.catalog import iter_catalogs
+from indexer.durable import atomic_write_text, fsync_dir, fsync_tree
 from indexer.embcache import EmbeddingCache
 from indexer.encoders import load_image_encoder, load_text_encoder
 from indexer.encoders.base import ImageEncoder, TextEncoder
@@ -58,7 +59,7 @@ from indexer.vector import (
     open_vector_index,
 )
 from indexer.vector.base import VectorIndex
-from shopsearch.errors import IndexCorruptError, IndexNotFoundError, ItemNotFoundError
+from shopsearch.errors import ConfigError, IndexCorruptError, IndexNotFoundError, ItemNotFoundError
 from shopsearch.settings import Settings
 
 FORMAT_VERSION = 1
@@ -69,24 +70,6 @@ _KNN_LOAD_BATCH = 10_000
 
 
 # ====================================================================== files
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def write_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
     """One writer process at a time per index (builds and upserts); readers never block."""
     return file_lock(index_dir / ".write.lock")
@@ -369,10 +352,7 @@ def _build_generation(
         manifest["fused"] = fused_info
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (tmp / "wal.jsonl").touch()
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+    fsync_tree(tmp)
 
     with write_lock(index_dir):
         # carry over upserts/deletes acknowledged on the old generation while we built
@@ -383,14 +363,14 @@ def _build_generation(
                 dst.flush()
                 os.fsync(dst.fileno())
         os.rename(tmp, final)
-        _fsync_dir(gens)
+        fsync_dir(gens)
         # a server-side engine (OpenSearch) moves its alias here; a failure keeps the old generation
         live = open_lexical_index(final / "lexical", backend=settings.lexical_backend, settings=settings)
         try:
             live.publish()
         finally:
             live.close()
-        _atomic_write(index_dir / "CURRENT", name + "\n")
+        atomic_write_text(index_dir / "CURRENT", name + "\n")
     report.save(index_dir / "ingest_report.json")
     _cleanup_generations(index_dir, keep=name, settings=settings)
     return BuildResult(
@@ -401,6 +381,37 @@ def _build_generation(
         seconds=time.perf_counter() - t0,
         encoded=dict(item_encoder.encoded_counts),
     )
+
+
+def snapshot_live_generation(src: Path, dst: Path) -> None:
+    """``dst``: the live generation of ``src`` without its fused vectors, its CURRENT, and a copy of
+    the embedding cache (fusion training writes query encodings to it). Files are hard-linked
+    where the filesystem allows: a generation's files are never modified in place, except the
+    WAL, which is copied. Used to train models on a copy without touching the live index."""
+    name = current_generation(src)
+    if name is None:
+        raise ConfigError(f"no index generation in {src}: build the index first")
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copy2(a, b)
+
+    shutil.rmtree(dst, ignore_errors=True)
+    (dst / "generations").mkdir(parents=True)
+    shutil.copytree(
+        src / "generations" / name,
+        dst / "generations" / name,
+        copy_function=link,
+        ignore=shutil.ignore_patterns("fused", "wal.jsonl"),
+    )
+    wal = src / "generations" / name / "wal.jsonl"
+    if wal.exists():  # appended to by the live index: a real copy, not a link
+        shutil.copy2(wal, dst / "generations" / name / "wal.jsonl")
+    if (src / "embcache.sqlite").exists():
+        shutil.copy2(src / "embcache.sqlite", dst / "embcache.sqlite")
+    (dst / "CURRENT").write_text(name + "\n", encoding="utf-8")
 
 
 def _cleanup_generations(index_dir: Path, keep: str, settings: Settings | None = None) -> None:

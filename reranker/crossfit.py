@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from indexer.store import snapshot_live_generation
 from reranker.features import FeatureExtractor
 from reranker.train import ListSet, build_lists
 from shopsearch.errors import ConfigError, IndexCorruptError
@@ -36,37 +36,6 @@ def fold_of(text: str, folds: int, seed: int = 0) -> int:
     """Which part a query belongs to: by its text, so a query and its perturbed copies stay together."""
     digest = hashlib.sha1(f"crossfit\x00{seed}\x00{' '.join(text.split())}".encode()).hexdigest()
     return int(digest, 16) % folds
-
-
-def snapshot_index(src: Path, dst: Path) -> None:
-    """``dst``: the live generation of ``src`` without its fused vectors, its CURRENT, and a copy of
-    the embedding cache (fusion training writes query encodings to it)."""
-    from indexer.store import current_generation
-
-    name = current_generation(src)
-    if name is None:
-        raise ConfigError(f"no index generation in {src}: build the index first")
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copy2(a, b)
-
-    shutil.rmtree(dst, ignore_errors=True)
-    (dst / "generations").mkdir(parents=True)
-    shutil.copytree(
-        src / "generations" / name,
-        dst / "generations" / name,
-        copy_function=link,
-        ignore=shutil.ignore_patterns("fused", "wal.jsonl"),
-    )
-    wal = src / "generations" / name / "wal.jsonl"
-    if wal.exists():  # appended to by the live index: a real copy, not a link
-        shutil.copy2(wal, dst / "generations" / name / "wal.jsonl")
-    if (src / "embcache.sqlite").exists():
-        shutil.copy2(src / "embcache.sqlite", dst / "embcache.sqlite")
-    (dst / "CURRENT").write_text(name + "\n", encoding="utf-8")
 
 
 def fusion_train_config(index_dir: Path) -> Any:
@@ -119,7 +88,7 @@ def crossfit_lists(
             raise ConfigError(f"{len(every)} queries are too few for {folds} cross-fitting folds")
         snap = index_dir / f"{SNAPSHOT_PREFIX}{f}"
         try:
-            snapshot_index(index_dir, snap)
+            snapshot_live_generation(index_dir, snap)
             local = settings.model_copy(update={"index_dir": snap})
             log(f"cross-fitting fold {f + 1}/{folds}: fusion model on {len(others)} other queries")
             train_fusion(

@@ -37,6 +37,7 @@ from indexer.cf.model import BlendParams, CFModel
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
 from indexer.cf.tokenmodel import build_token_model
+from indexer.durable import atomic_write_text, fsync_tree
 from indexer.interactions import EventLog
 from indexer.locks import file_lock
 from shopsearch.errors import ConfigError
@@ -410,23 +411,10 @@ def publish(model: CFModel, index_dir: Path) -> tuple[str, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         model.manifest["generation"] = name
         model.save(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
+        fsync_tree(tmp)
         final = cf_dir / name
         os.rename(tmp, final)
-        cur_tmp = cf_dir / "CURRENT.tmp"
-        with open(cur_tmp, "w", encoding="utf-8") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(cur_tmp, cf_dir / "CURRENT")
-        fd = os.open(cf_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write_text(cf_dir / "CURRENT", name + "\n")
         complete = sorted(d for d in cf_dir.glob("cf-*") if not d.name.endswith(".tmp"))
         for d in [*complete[:-_KEEP], *cf_dir.glob("cf-*.tmp")]:
             if d.name != name:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.durable import atomic_write_text, fsync_tree
 from indexer.vector import load_vector_index, make_vector_index
 from indexer.vector.base import VectorIndex
 from shopsearch.errors import IndexCorruptError, InvalidQueryError, ShopSearchError
@@ -60,14 +61,6 @@ def fused_stamp(gen_path: Path) -> tuple[int, str] | None:
         return pointer.stat().st_mtime_ns, pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fingerprint(folder: Path) -> str:
@@ -265,17 +258,9 @@ def write_version(
         "model_fingerprint": fingerprint(model_folder),
     }
     (tmp / "meta.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
+    fsync_tree(tmp)
     os.rename(tmp, base / name)
-    pointer_tmp = base / f"{POINTER}.tmp"
-    pointer_tmp.write_text(name + "\n", encoding="utf-8")
-    with open(pointer_tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer_tmp, base / POINTER)
-    _fsync_dir(base)
+    atomic_write_text(base / POINTER, name + "\n")
     _cleanup_versions(base, keep=name)
     return name
 

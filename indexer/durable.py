@@ -1,0 +1,41 @@
+"""Crash-safe publishing of files and directories: fsync'd contents, atomic renames, fsync'd
+parent directories.
+
+Why one module: index generations (indexer.store), fused-vector versions (indexer.fusion.sidecar)
+and CF artefacts (indexer.cf.train) all write a directory, rename it into place and then switch a
+pointer file. ``kill -9`` or a power cut between any two steps must leave the old pointer naming
+a complete directory, which needs every one of these steps, in this order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file below ``root`` to disk before the directory is renamed into place."""
+    for f in Path(root).rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: Path, data: str) -> None:
+    """Replace ``path`` with ``data``: readers see the old or the new content, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

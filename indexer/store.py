@@ -51,6 +51,7 @@ from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
 from indexer.locks import file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
+from indexer.spelling import Vocabulary, product_words
 from indexer.vector import (
     check_vector_backend,
     create_opensearch_vector_index,
@@ -282,6 +283,8 @@ def _build_generation(
     with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
         for r in range(table.n_rows):
             f.write(json.dumps(table.product(r).to_dict(), ensure_ascii=False) + "\n")
+    # the words query spelling correction may offer (indexer.spelling)
+    Vocabulary.build(product_words(table.product(r)) for r in range(table.n_rows)).save(tmp)
 
     manifest_indexes: dict[str, Any] = {}
     for modality in MODALITIES:
@@ -510,8 +513,13 @@ class LiveIndex:
             for index in vectors.values():
                 _close_vector_index(index)
             raise
+        # a generation built before spelling correction existed gets its vocabulary now
+        vocabulary = Vocabulary.load(path) or Vocabulary.build(
+            product_words(p) for p in table.rows if p is not None
+        )
         self.generation, self.path, self.manifest = name, path, manifest
         self.table, self.vectors, self.lexical = table, vectors, lexical
+        self.vocabulary = vocabulary
         self._wal_path = path / "wal.jsonl"
         # --- fusion model: this generation's fused vectors (WAL rows get theirs as they replay)
         from indexer.fusion.sidecar import fused_stamp, open_fused
@@ -598,6 +606,8 @@ class LiveIndex:
                     index.add(vec[None, :], np.asarray([row], dtype=np.int64))
                 products.append(p)
             self.lexical.upsert(products)
+            for p in products:  # their words are known from now on: never "corrected" away
+                self.vocabulary.add(product_words(p))
             if getattr(self, "fused", None) is not None:  # --- fusion model
                 rows = [self.table.id_to_row[p.id] for p in products]
                 self.fused.embed_rows(rows, self.table, self.vectors)

@@ -11,7 +11,7 @@ the top-k cut.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import tantivy
@@ -62,6 +62,17 @@ def _build_analyzer() -> tantivy.TextAnalyzer:
         .filter(tantivy.Filter.stemmer("english"))
         .build()
     )
+
+
+def stemmer() -> Callable[[str], str]:
+    """The stem of one lower-cased word, as the indexed fields store it."""
+    analyzer = _build_analyzer()
+
+    def stem(word: str) -> str:
+        out = analyzer.analyze(word)
+        return out[0] if len(out) == 1 else word
+
+    return stem
 
 
 def resolve_field_boosts(field_boosts: dict[str, float] | None) -> dict[str, float]:

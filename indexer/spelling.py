@@ -1,0 +1,224 @@
+"""Query spelling correction against the catalog's own vocabulary ("did you mean").
+
+A misspelled query word matches nothing in BM25 and lands the text encoders somewhere else, so
+the product it names is not even a candidate: no re-ranker can bring it back. The corrector
+replaces a query word that the catalog does not contain (or barely contains) with the catalog
+word one edit away (substitution, insertion, deletion or swap of neighbours) that the most
+products use. Words with digits (model numbers, sizes) are never touched: an edit there names a
+different product, not a misspelling.
+
+Candidates come from a symmetric-delete index (SymSpell): every catalog word is stored under
+itself and each of its one-letter deletions, as 64-bit hashes in a sorted array, so a lookup is
+a few binary searches. The vocabulary is built once per index generation from the analysed
+products and saved beside it as arrays plus JSON (no pickle); products upserted later add their
+words in memory, so a new brand name is never "corrected" away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.lexical.tantivy_index import stemmer
+from indexer.product import Product
+from shopsearch.errors import IndexCorruptError
+
+__all__ = ["Correction", "SpellCorrector", "Vocabulary", "product_words"]
+
+VOCAB_DIR = "spelling"
+_WORD = re.compile(r"[^\W_]+")
+_FORMAT = 1
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
+
+
+def product_words(p: Product) -> set[str]:
+    """The distinct words of every searchable field of one product."""
+    parts = [p.title, p.description, p.brand, p.category]
+    for name, value in (p.attributes or {}).items():
+        parts.append(str(name))
+        parts.append(" ".join(map(str, value)) if isinstance(value, list | tuple) else str(value))
+    out: set[str] = set()
+    for part in parts:
+        if part:
+            out.update(_words(str(part)))
+    return out
+
+
+def _key(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _variants(word: str) -> set[str]:
+    """The word and its one-letter deletions: two words one edit apart share one of these."""
+    return {word, *(word[:i] + word[i + 1 :] for i in range(len(word)))}
+
+
+def damerau1(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by exactly one substitution, insertion, deletion or swap
+    of neighbouring letters."""
+    if a == b:
+        return False
+    la, lb = len(a), len(b)
+    if abs(la - lb) > 1:
+        return False
+    if la == lb:
+        diff = [i for i in range(la) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return (
+            len(diff) == 2
+            and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]]
+            and a[diff[1]] == b[diff[0]]
+        )
+    if la > lb:
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1 :]
+
+
+@dataclass
+class Vocabulary:
+    """Catalog words with their document frequencies, and the delete index over them."""
+
+    words: list[str]
+    df: np.ndarray  # int32, one per word
+    keys: np.ndarray  # int64 hashes of each word and its deletions, sorted
+    ids: np.ndarray  # int32 word index for each key
+    extra: Counter[str] = field(default_factory=Counter)  # words of products upserted since the build
+
+    def __post_init__(self) -> None:
+        self._index = {w: i for i, w in enumerate(self.words)}
+        self._stem = stemmer()
+        self._stems = {self._stem(w) for w in self.words} | {self._stem(w) for w in self.extra}
+
+    @classmethod
+    def build(cls, word_sets: Iterable[set[str]], *, min_len: int = 3) -> Vocabulary:
+        """``word_sets``: the distinct words of each product (:func:`product_words`)."""
+        counts: Counter[str] = Counter()
+        for ws in word_sets:
+            counts.update(ws)
+        words = sorted(w for w in counts if len(w) >= min_len and not any(c.isdigit() for c in w))
+        df = np.array([counts[w] for w in words], dtype=np.int32)
+        pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]
+        arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(arr[:, 0], kind="stable")
+        return cls(words, df, arr[order, 0].copy(), arr[order, 1].astype(np.int32))
+
+    def add(self, words: Iterable[str]) -> None:
+        """Words of a product upserted after the build: known from now on (never corrected)."""
+        words = list(words)
+        self.extra.update(words)
+        self._stems.update(self._stem(w) for w in words)
+
+    def knows(self, word: str) -> bool:
+        """True when the catalog has the word or another form of it (drill / drills)."""
+        return word in self._index or word in self.extra or self._stem(word) in self._stems
+
+    def freq(self, word: str) -> int:
+        i = self._index.get(word)
+        return (int(self.df[i]) if i is not None else 0) + self.extra.get(word, 0)
+
+    def neighbours(self, word: str) -> list[tuple[str, int]]:
+        """Catalog words exactly one edit from ``word``, with their document frequencies."""
+        found: set[int] = set()
+        for v in _variants(word):
+            k = _key(v)
+            lo = int(np.searchsorted(self.keys, k, "left"))
+            hi = int(np.searchsorted(self.keys, k, "right"))
+            found.update(int(i) for i in self.ids[lo:hi])
+        out = [(self.words[i], int(self.df[i])) for i in found]
+        return [(w, f) for w, f in out if damerau1(word, w)]
+
+    # ------------------------------------------------------------------ files (no pickle)
+    def save(self, directory: Path) -> None:
+        d = Path(directory) / VOCAB_DIR
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / "df.npy", self.df)
+        np.save(d / "keys.npy", self.keys)
+        np.save(d / "ids.npy", self.ids)
+        (d / "words.json").write_text(json.dumps({"format": _FORMAT, "words": self.words}), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> Vocabulary | None:
+        """None when the generation has no vocabulary (built before spelling correction existed)."""
+        d = Path(directory) / VOCAB_DIR
+        if not (d / "words.json").exists():
+            return None
+        try:
+            meta = json.loads((d / "words.json").read_text(encoding="utf-8"))
+            words = meta["words"]
+            df = np.load(d / "df.npy", mmap_mode="r")
+            keys = np.load(d / "keys.npy", mmap_mode="r")
+            ids = np.load(d / "ids.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexCorruptError(f"spelling vocabulary in {d} is unreadable: {exc}") from exc
+        if meta.get("format") != _FORMAT or len(df) != len(words) or len(keys) != len(ids):
+            raise IndexCorruptError(f"spelling vocabulary in {d} is inconsistent (rebuild the index)")
+        return cls(list(words), df, keys, ids)
+
+
+@dataclass(frozen=True)
+class Correction:
+    text: str  # the query to search with
+    original: str
+    changes: tuple[tuple[str, str], ...] = ()  # (query word, catalog word)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+class SpellCorrector:
+    """Replaces query words the catalog lacks (in every form: "drills" is known when "drill" is)
+    with the most used catalog word one edit away.
+
+    A word the catalog contains, however rarely, is never changed: a rare word is more often a
+    real product term (a brand, a material) than a misspelling of a common one, and changing it
+    would hide exactly the product asked for. ``min_len``: shorter words are left alone (one edit
+    turns a 3-letter word into too many others). ``min_df``: a catalog word used by fewer
+    products is not offered (catalogs have typos too).
+    """
+
+    def __init__(self, vocab: Vocabulary, *, min_len: int = 4, min_df: int = 2) -> None:
+        self.vocab = vocab
+        self.min_len = min_len
+        self.min_df = min_df
+
+    def suggest(self, word: str) -> str | None:
+        """The catalog word to search instead of ``word`` (lower-cased), or None to keep it."""
+        if len(word) < self.min_len or not word.isalpha() or self.vocab.knows(word):
+            return None
+        cands = [(w, d) for w, d in self.vocab.neighbours(word) if d >= self.min_df]
+        if not cands:
+            return None
+        return max(cands, key=lambda wd: (wd[1], wd[0]))[0]
+
+    def correct(self, text: str) -> Correction:
+        changes: list[tuple[str, str]] = []
+        out: list[str] = []
+        last = 0
+        for m in _WORD.finditer(text):
+            word = m.group(0)
+            fix = self.suggest(word.casefold())
+            if fix is not None:
+                out.append(text[last : m.start()])
+                out.append(fix)
+                last = m.end()
+                changes.append((word, fix))
+        if not changes:
+            return Correction(text, text)
+        out.append(text[last:])
+        return Correction("".join(out), text, tuple(changes))

@@ -131,6 +131,11 @@ class SearchIn(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (pagination).")
     filters: FiltersIn | None = None
     explain: bool = Field(False, description="Add per-source ranks and scores to every result.")
+    spell_correction: bool | None = Field(
+        None,
+        description="Search misspelled words as the catalog word one edit away (default: the "
+        "server's setting); false searches the query exactly as typed.",
+    )
     # --- collaborative filtering
     user_id: str | None = Field(
         None, min_length=1, max_length=512, description="Shopper id: personalises the 'cf' source."
@@ -156,6 +161,12 @@ class SearchOut(BaseModel):
     k: int
     facets: dict[str, Any]
     took_ms: float
+    corrected_query: str | None = Field(
+        None, description="The query searched instead of the one sent, when spelling correction changed it."
+    )
+    corrections: list[dict[str, str]] = Field(
+        default_factory=list, description="Each changed word: {'from': typed, 'to': catalog word}."
+    )
 
 
 class ProductIn(BaseModel):
@@ -561,6 +572,8 @@ def _response_out(request: Request, resp: SearchResponse) -> dict[str, Any]:
         "k": resp.k,
         "facets": resp.facets,
         "took_ms": resp.took_ms,
+        "corrected_query": resp.correction.text if resp.correction else None,
+        "corrections": [{"from": a, "to": b} for a, b in resp.correction.changes] if resp.correction else [],
     }
 
 
@@ -681,6 +694,7 @@ def create_app(
             filters=filters,
             explain=body.explain,
             user_id=body.user_id,
+            spell_correction=body.spell_correction,
         )
         return _JSON(run_search(request, req))
 
@@ -693,6 +707,7 @@ def create_app(
         offset: int = Form(0, ge=0, le=MAX_OFFSET),
         filters: str | None = Form(None, description="Filters as a JSON object, as in POST /search."),
         explain: bool = Form(False),
+        spell_correction: bool | None = Form(None, description="As in POST /search."),
     ) -> JSONResponse:
         """Search by photo, optionally combined with text."""
         parsed = _parse_filters_field(filters)
@@ -702,7 +717,15 @@ def create_app(
         if not _looks_like_image(data):
             name = image.filename or "upload"
             raise MediaError(f"{name!r} is not an image (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)")
-        req = SearchRequest(text=query, image=data, k=k, offset=offset, filters=parsed, explain=explain)
+        req = SearchRequest(
+            text=query,
+            image=data,
+            k=k,
+            offset=offset,
+            filters=parsed,
+            explain=explain,
+            spell_correction=spell_correction,
+        )
         return _JSON(run_search(request, req))
 
     # ------------------------------------------------------------------ items

@@ -232,7 +232,7 @@ class Ranker:
         enc = self.index.encoders
         out: dict[str, dict[str, np.ndarray]] = {q: {} for q in qids}
         with_text = [q for q in qids if texts.get(q)]
-        clean = {q: " ".join(texts[q].split()) for q in with_text}  # as the retriever normalises it
+        clean = {q: self.searched_text(texts[q]) for q in with_text}  # as the retriever searches it
         bs = self.config.batch_size
         if "text" in sources and with_text:
             vecs = enc.text.encode(
@@ -251,6 +251,12 @@ class Ranker:
                 for q, v in zip(chunk, enc.image.encode(pics, batch_size=bs), strict=True):
                     out[q]["image"] = v
         return out
+
+    def searched_text(self, text: str) -> str:
+        """The text the retriever searches for ``text`` (whitespace collapsed, spelling corrected
+        when the retriever does that), so batch-encoded vectors match what it would encode."""
+        query_text = getattr(self.retriever, "query_text", None)
+        return (query_text(text) if query_text else None) or " ".join(text.split())
 
     # ----------------------------------------------------------------- ranking
     def rank(
@@ -277,7 +283,8 @@ class Ranker:
             text = texts.get(q) or None
             try:
                 if judged:
-                    retrieval = self._judged_retrieval(q, text, qvecs[q], qrels[q], sources)
+                    searched = self.searched_text(text) if text else None
+                    retrieval = self._judged_retrieval(q, searched, qvecs[q], qrels[q], sources)
                 else:
                     image = None
                     if q in images and "image" in sources:

@@ -15,6 +15,7 @@ from indexer.filters import Filters
 from indexer.media import load_image
 from indexer.product import Product
 from indexer.report import IngestReport
+from indexer.spelling import Correction
 from indexer.store import LiveIndex
 from reranker.base import Reranker
 from reranker.serving import open_reranker
@@ -32,6 +33,7 @@ class SearchRequest:
     filters: Filters = field(default_factory=Filters)
     explain: bool = False
     user_id: str | None = None  # --- collaborative filtering: personalises the "cf" source
+    spell_correction: bool | None = None  # None: the settings' spell_correction
 
 
 @dataclass
@@ -53,6 +55,7 @@ class SearchResponse:
     #  "price": [{"min": 0, "max": 25, "count": 3}, ...]}
     facets: dict[str, Any]
     took_ms: float
+    correction: Correction | None = None  # the query was searched as correction.text
 
 
 class SearchPipeline:
@@ -89,7 +92,13 @@ class SearchPipeline:
             else None
         )
         retrieval = self.retriever.retrieve(
-            req.text, image, req.filters, depth=req.offset + req.k, explain=req.explain, user_id=req.user_id
+            req.text,
+            image,
+            req.filters,
+            depth=req.offset + req.k,
+            explain=req.explain,
+            user_id=req.user_id,
+            spell=req.spell_correction,
         )
         ranked = retrieval.candidates if retrieval.browse else self.reranker.rerank(retrieval)
         table = self.index.table
@@ -115,6 +124,7 @@ class SearchPipeline:
             k=req.k,
             facets=facets,
             took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            correction=retrieval.correction,
         )
 
     def get(self, item_id: str) -> Product:

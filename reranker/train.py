@@ -196,7 +196,9 @@ def build_lists(
             jobs.append((qid, v, " ".join(t.split())))
     dim = index.vectors["text"].dim if "text" in index.vectors else 0
     qv: dict[str, np.ndarray] = {}
-    texts = sorted({t for _, _, t in jobs if t})
+    # the retriever searches a spelling-corrected text: the batch encodes that, as it would
+    searched = {t: _searched(retriever, t) for _, _, t in jobs if t}
+    texts = sorted(set(searched.values()))
     if dim and texts:
         vecs = index.encoders.text.encode(texts, batch_size=batch_size, progress=progress)
         qv = dict(zip(texts, vecs, strict=True))
@@ -204,7 +206,7 @@ def build_lists(
     for qid, variant, text in tqdm(jobs, desc="candidate lists", unit="q", disable=not progress):
         if not text:
             continue
-        given = {"text": qv[text]} if text in qv else None
+        given = {"text": qv[searched[text]]} if searched[text] in qv else None
         retrieval = retriever.retrieve(text, None, depth=depth, query_vectors=given)
         if not retrieval.candidates:
             continue
@@ -223,6 +225,11 @@ def build_lists(
         "candidates": retriever.settings.candidates,
     }
     return ListSet(lists, vecs_by_mod, present, meta)
+
+
+def _searched(retriever: Any, text: str) -> str:
+    query_text = getattr(retriever, "query_text", None)  # absent: a retriever without spelling
+    return (query_text(text) if query_text else None) or text
 
 
 def list_from_features(

@@ -17,6 +17,7 @@ from PIL import Image
 
 from indexer.encoders.colour import colour_histogram
 from indexer.filters import Filters
+from indexer.spelling import Correction, SpellCorrector
 from indexer.store import LiveIndex
 from retriever.cf import CFSource  # --- collaborative filtering
 from retriever.fusion import FUSERS
@@ -48,6 +49,7 @@ class Retrieval:
     timings_ms: dict[str, float]
     query_vectors: dict[str, np.ndarray] = field(default_factory=dict)
     browse: bool = False
+    correction: Correction | None = None  # set when spelling correction changed the query
 
 
 class Retriever:
@@ -57,6 +59,26 @@ class Retriever:
         self.index = index
         self.settings = settings
         self.cf = CFSource(index.index_dir, settings)  # --- collaborative filtering: lazy, hot-reloaded
+
+    def correct(self, text: str | None, *, spell: bool | None = None) -> Correction | None:
+        """The query as it will be searched: whitespace collapsed and, unless switched off (here or
+        in the settings), misspelled words replaced by catalog words (indexer.spelling)."""
+        text = " ".join((text or "").split())
+        if not text:
+            return None
+        if len(text) > MAX_QUERY_CHARS:
+            raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+        if not (self.settings.spell_correction if spell is None else spell):
+            return Correction(text, text)
+        return SpellCorrector(self.index.vocabulary).correct(text)
+
+    def query_text(self, text: str | None) -> str | None:
+        """What the encoders see for ``text``: batch evaluation encodes this, as retrieve would."""
+        try:
+            c = self.correct(text)
+        except InvalidQueryError:  # too long: retrieve() refuses it, with the reason
+            return " ".join((text or "").split()) or None
+        return None if c is None else c.text
 
     def retrieve(
         self,
@@ -69,11 +91,13 @@ class Retriever:
         sources: set[str] | None = None,
         query_vectors: Mapping[str, np.ndarray] | None = None,
         user_id: str | None = None,
+        spell: bool | None = None,
     ) -> Retrieval:
         """``sources`` restricts the run to some of bm25/text/text_image/image (evaluation runs
         each alone); sources with weight 0 in the settings are skipped entirely.
         ``query_vectors`` passes precomputed normalised query vectors by source (batch
-        evaluation encodes all queries at once) instead of calling the encoders."""
+        evaluation encodes all queries at once) instead of calling the encoders; they must be
+        the encodings of :meth:`query_text`. ``spell``: overrides the spelling-correction setting."""
         given = query_vectors or {}
         filters = filters or Filters()
         weights_cfg = self.settings.source_weights
@@ -81,14 +105,16 @@ class Retriever:
         def use(source: str) -> bool:
             return (sources is None or source in sources) and weights_cfg.get(source, 1.0) > 0
 
-        text = " ".join((text or "").split()) or None
-        if text and len(text) > MAX_QUERY_CHARS:
-            raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
         index = self.index
         index.maybe_reload()
+        t = time.perf_counter()
+        correction = self.correct(text, spell=spell)
+        t_spell = _ms(t)
+        typed = correction.original if correction else None  # the click log knows what shoppers type
+        text = correction.text if correction else None
         table, vectors, lexical = index.table, index.vectors, index.lexical  # one consistent snapshot
         n = max(depth or 0, self.settings.candidates)
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"spell": t_spell}
 
         t = time.perf_counter()
         mask = table.mask(filters)
@@ -100,6 +126,8 @@ class Retriever:
             rows = np.flatnonzero(mask)
             cands = [Candidate(row=int(r), id=table.product(int(r)).id, score=0.0) for r in rows]
             return Retrieval(cands, None, timings, browse=True)
+        if correction is not None and not correction.changed:
+            correction = None
 
         lists: dict[str, list[tuple[int, float]]] = {}
         details: dict[int, dict[str, Any]] = {}
@@ -156,7 +184,7 @@ class Retriever:
         if text is not None and use("cf"):
             t = time.perf_counter()
             cf = self.cf.candidates(
-                text, self.settings.cf_candidates, table, mask, user_id=user_id, explain=explain
+                typed, self.settings.cf_candidates, table, mask, user_id=user_id, explain=explain
             )
             if cf is not None and cf.hits:
                 lists["cf"] = cf.hits
@@ -211,7 +239,7 @@ class Retriever:
             cands.values(), key=lambda c: (-c.score, min(h.rank for h in c.sources.values()), c.id)
         )
         timings["fuse"] = _ms(t)
-        return Retrieval(ordered, text, timings, qvecs)
+        return Retrieval(ordered, text, timings, qvecs, correction=correction)
 
 
 def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray | None) -> list[tuple[int, float]]:

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     source_weights: dict[str, float] = Field(default_factory=lambda: {"bm25": 1.0, "text": 0.6, "image": 1.0})
     candidates: int = Field(100, ge=1, le=10_000, description="Top-N taken from each source.")
     query_cache_size: int = Field(4096, ge=0)
+    spell_correction: bool = Field(
+        True,
+        description="Replace query words the catalog lacks with the catalog word one edit away "
+        "(indexer.spelling); requests can switch it off.",
+    )
 
     # --- collaborative filtering (indexer.interactions, indexer.cf, retriever.cf)
     event_weights: dict[str, float] = Field(

@@ -152,6 +152,20 @@ def test_text_search_shows_cards_with_images(server: dict[str, Any], driver: Any
     driver.save_screenshot(str(SCREENSHOT_DIR / "shopsearch_text_search.png"))
 
 
+def test_misspelled_query_shows_the_correction_and_can_be_searched_as_typed(
+    server: dict[str, Any], driver: Any
+) -> None:
+    open_page(driver, server["url"])
+    search_text(driver, "black hoddie")
+    wait_for(driver, lambda d: "showing results for black hoodie" in status_text(d), "the correction line")
+    assert card_ids(driver)[0] == "hoodie-black"
+    driver.find_element(By.CSS_SELECTOR, "#status a.search-exact").click()
+    wait_for(driver, lambda d: "showing results for" not in status_text(d), "the query searched as typed")
+    assert "“black hoddie”" in status_text(driver)
+    search_text(driver, "grey hodie")  # a new query is corrected again
+    wait_for(driver, lambda d: "showing results for grey hoodie" in status_text(d), "the next correction")
+
+
 def test_facet_click_filters_results(server: dict[str, Any], driver: Any) -> None:
     open_page(driver, server["url"])
     search_text(driver, "black")

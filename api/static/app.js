@@ -18,6 +18,7 @@
     offset: 0,
     k: DEFAULT_PAGE_SIZE,
     explain: false,
+    exact: false, // "search instead for": the query as typed, no spelling correction
   };
   let requestSeq = 0;
 
@@ -113,6 +114,7 @@
         fd.append("offset", state.offset);
         fd.append("filters", JSON.stringify(apiFilters()));
         fd.append("explain", state.explain ? "true" : "false");
+        if (state.exact) fd.append("spell_correction", "false");
         resp = await fetch("search/image", { method: "POST", body: fd });
       } else {
         resp = await fetch("search", {
@@ -121,6 +123,7 @@
           body: JSON.stringify({
             query: state.query || null, k: state.k, offset: state.offset,
             filters: apiFilters(), explain: state.explain,
+            spell_correction: state.exact ? false : null,
           }),
         });
       }
@@ -163,6 +166,17 @@
       ` in ${fmtMs(data.took_ms)} ms`,
       n ? ` · showing ${from}–${data.offset + n} for ${what}` : ` for ${what}`,
     );
+    if (data.corrected_query) {
+      const typed = state.query;
+      els.status.append(
+        el("span", { class: "did-you-mean" },
+          " · showing results for ", el("strong", { text: data.corrected_query }), " · ",
+          el("a", {
+            href: "#", class: "search-exact", text: `search instead for “${typed}”`,
+            onclick: (ev) => { ev.preventDefault(); state.exact = true; state.offset = 0; search(); },
+          })),
+      );
+    }
     els.status.dataset.total = data.total;
     if (!n) renderEmpty(data.total ? "No more results on this page." : "Nothing matched. Try fewer words or remove a filter.");
     else els.grid.replaceChildren(...data.results.map(card));
@@ -310,6 +324,7 @@
   // ------------------------------------------------------------------ events
   els.form.addEventListener("submit", (e) => {
     e.preventDefault();
+    if (els.q.value.trim() !== state.query) state.exact = false; // a new query is corrected again
     state.query = els.q.value.trim();
     newSearch();
   });
@@ -317,6 +332,7 @@
     const file = els.photo.files && els.photo.files[0];
     if (!file) return;
     setPhoto(file);
+    if (els.q.value.trim() !== state.query) state.exact = false; // a new query is corrected again
     state.query = els.q.value.trim();
     newSearch();
   });

@@ -1,0 +1,173 @@
+"""Query spelling correction: the corrector on its own, then inside a real index and the API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import write_small_catalog
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from indexer.product import Product
+from indexer.spelling import SpellCorrector, Vocabulary, damerau1, product_words
+from indexer.store import LiveIndex, build_index, current_generation
+from reranker.pipeline import SearchPipeline, SearchRequest
+from retriever.search import Retriever
+from shopsearch.errors import IndexCorruptError
+from shopsearch.settings import load_settings
+
+
+def vocab(*docs: str) -> Vocabulary:
+    return Vocabulary.build(product_words(Product(id=str(i), title=d)) for i, d in enumerate(docs))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "one"),
+    [
+        ("drill", "dril", True),  # deletion
+        ("drill", "drilll", True),  # insertion
+        ("drill", "drull", True),  # substitution
+        ("drill", "dirll", True),  # swap of neighbours
+        ("drill", "drill", False),
+        ("drill", "dlilr", False),  # swap of letters that are not neighbours
+        ("drill", "dr", False),
+        ("faucet", "fuacte", False),  # two edits
+    ],
+)
+def test_damerau_distance_one(a: str, b: str, one: bool) -> None:
+    assert damerau1(a, b) is one and damerau1(b, a) is one
+
+
+def test_corrects_unknown_words_to_the_most_used_neighbour() -> None:
+    v = vocab(
+        *["cordless drill"] * 5,
+        *["drill bits"] * 2,
+        "grill cover",
+        "grill brush",
+        "patio door",
+        "patio chair",
+    )
+    c = SpellCorrector(v)
+    fixed = c.correct("Cordless  DRIL, 18v")
+    assert fixed.text == "Cordless  drill, 18v" and fixed.changes == (("DRIL", "drill"),)
+    assert fixed.original == "Cordless  DRIL, 18v" and fixed.changed
+    assert c.correct("padio door").text == "patio door"
+    assert c.correct("bitz").text == "bits"  # 'bits' is used by 2 products: offered
+
+
+def test_leaves_known_rare_short_and_numeric_words_alone() -> None:
+    v = vocab(*["cordless drill"] * 5, "drell branded hammer", "grill", "grill", "mug", "mug")
+    c = SpellCorrector(v)
+    assert not c.correct("drell").changed  # in the catalog, even once: a real word here
+    assert not c.correct("drills").changed  # another form of a catalog word (same stem)
+    assert not c.correct("mog").changed  # under 4 letters: one edit reaches too many words
+    assert not c.correct("dril2 2x4 x200").changed  # digits: a model number or a size
+    assert not c.correct("zzzzzz").changed  # nothing one edit away
+    assert not c.correct("hammr").changed  # 'hammer' is used by one product only: not offered
+    assert not c.correct("").changed
+
+
+def test_words_added_after_the_build_are_never_corrected() -> None:
+    v = vocab("hoodie", "hoodie", "hoodie")
+    c = SpellCorrector(v)
+    assert c.correct("hoodia").text == "hoodie"
+    v.add(product_words(Product(id="new", title="Hoodia Herbal Tea")))
+    assert not c.correct("hoodia").changed
+    assert not c.correct("hoodias").changed  # its other forms too
+
+
+def test_vocabulary_files_round_trip_without_pickle(tmp_path: Path) -> None:
+    v = vocab("cordless drill", "cordless drill", "drill bits")
+    v.save(tmp_path)
+    for name in ("df.npy", "keys.npy", "ids.npy"):
+        arr = np.load(tmp_path / "spelling" / name, allow_pickle=False)
+        assert arr.dtype != object
+    loaded = Vocabulary.load(tmp_path)
+    assert loaded is not None and loaded.words == v.words and list(loaded.df) == list(v.df)
+    assert SpellCorrector(loaded).correct("cordles dril").text == "cordless drill"
+    assert Vocabulary.load(tmp_path / "elsewhere") is None  # an index built before this existed
+    (tmp_path / "spelling" / "ids.npy").write_bytes(b"garbage")
+    with pytest.raises(IndexCorruptError, match="spelling"):
+        Vocabulary.load(tmp_path)
+    v.save(tmp_path)
+    (tmp_path / "spelling" / "words.json").write_text(json.dumps({"format": 1, "words": ["a"]}))
+    with pytest.raises(IndexCorruptError, match="inconsistent"):
+        Vocabulary.load(tmp_path)
+
+
+# ---------------------------------------------------------------------- in an index
+@pytest.fixture(scope="module")
+def index_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("spelling")
+    catalog = write_small_catalog(root / "catalog")
+    index_dir = root / "index"
+    settings = load_settings(index_dir=index_dir, media_roots=[root / "catalog"])
+    build_index(catalogs=[catalog], index_dir=index_dir, settings=settings, progress=False)
+    pipeline = SearchPipeline.open(index_dir, settings)
+    yield {"pipeline": pipeline, "settings": settings, "index_dir": index_dir}
+    pipeline.close()
+
+
+def top_ids(pipeline: SearchPipeline, text: str, **kw: Any) -> list[str]:
+    return [r.id for r in pipeline.search(SearchRequest(text=text, k=3, **kw)).results]
+
+
+def test_misspelled_query_finds_what_the_right_spelling_finds(index_env: dict[str, Any]) -> None:
+    p = index_env["pipeline"]
+    gen = index_env["index_dir"] / "generations" / current_generation(index_env["index_dir"])
+    assert (gen / "spelling" / "words.json").exists()  # built with the generation
+    resp = p.search(SearchRequest(text="stonware cofee mug", k=3))
+    assert resp.correction is not None and resp.correction.text == "stoneware coffee mug"
+    assert [r.id for r in resp.results] == top_ids(p, "stoneware coffee mug")
+    assert resp.results[0].id.startswith("m-")
+    # switched off per request, or in the settings: searched as typed
+    assert p.search(SearchRequest(text="stonware cofee mug", k=3, spell_correction=False)).correction is None
+    off = Retriever(p.index, p.settings.model_copy(update={"spell_correction": False}))
+    assert off.retrieve("stonware cofee mug").correction is None
+    assert off.query_text("stonware  cofee") == "stonware cofee"
+    assert p.retriever.query_text("stonware  cofee") == "stoneware coffee"
+    # a correctly spelled query is left alone
+    assert p.search(SearchRequest(text="coffee mug", k=3)).correction is None
+
+
+def test_upserted_words_are_known_at_once_and_after_restart(index_env: dict[str, Any]) -> None:
+    p, settings = index_env["pipeline"], index_env["settings"]
+    assert p.retriever.query_text("lamx") == "lamp"  # 'lamp': two catalog products
+    p.upsert([Product(id="lamx-1", title="Lamx Smart Bulb", brand="Lamx")])
+    try:
+        assert p.retriever.query_text("lamx") == "lamx"  # the new brand is not "corrected" away
+        assert top_ids(p, "lamx")[0] == "lamx-1"
+        reopened = LiveIndex(index_env["index_dir"], settings)  # WAL replay adds the words again
+        assert Retriever(reopened, settings).query_text("lamx") == "lamx"
+    finally:
+        p.delete(["lamx-1"])
+
+
+def test_index_built_before_spelling_gets_a_vocabulary_at_load(
+    index_env: dict[str, Any], tmp_path: Path
+) -> None:
+    copy = tmp_path / "old"
+    shutil.copytree(index_env["index_dir"], copy)
+    gen = copy / "generations" / current_generation(copy)
+    shutil.rmtree(gen / "spelling")
+    index = LiveIndex(copy, index_env["settings"])
+    assert Retriever(index, index_env["settings"]).query_text("stonware") == "stoneware"
+
+
+def test_api_reports_the_corrected_query(index_env: dict[str, Any]) -> None:
+    with TestClient(create_app(index_env["pipeline"], settings=index_env["settings"])) as client:
+        body = client.post("/search", json={"query": "trail zip hoodei", "k": 3}).json()
+        assert body["corrected_query"] == "trail zip hoodie"
+        assert body["corrections"] == [{"from": "hoodei", "to": "hoodie"}]
+        assert body["results"][0]["id"].startswith("h-")
+        exact = client.post("/search", json={"query": "trail zip hoodei", "spell_correction": False}).json()
+        assert exact["corrected_query"] is None and exact["corrections"] == []
+        plain = client.post("/search", json={"query": "trail zip hoodie"}).json()
+        assert plain["corrected_query"] is None
+        assert client.post("/search", json={"query": "mug", "spell_correction": "maybe"}).status_code == 422

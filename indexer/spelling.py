@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
 
 from indexer.lexical.tantivy_index import stemmer
 from indexer.product import Product
@@ -102,7 +104,11 @@ class Vocabulary:
     def __post_init__(self) -> None:
         self._index = {w: i for i, w in enumerate(self.words)}
         self._stem = stemmer()
-        self._stems = {self._stem(w) for w in self.words} | {self._stem(w) for w in self.extra}
+        self._stem_df: Counter[str] = Counter()
+        for w, f in zip(self.words, self.df.tolist(), strict=True):
+            self._stem_df[self._stem(w)] += f
+        self._stems = set(self._stem_df) | {self._stem(w) for w in self.extra}
+        self._by_initial: dict[str, list[int]] | None = None  # built on the first distance-2 lookup
 
     @classmethod
     def build(cls, word_sets: Iterable[set[str]], *, min_len: int = 3) -> Vocabulary:
@@ -130,6 +136,29 @@ class Vocabulary:
     def freq(self, word: str) -> int:
         i = self._index.get(word)
         return (int(self.df[i]) if i is not None else 0) + self.extra.get(word, 0)
+
+    def stem_freq(self, word: str) -> int:
+        """Products using any form of the word (drill, drills, drilling)."""
+        return self._stem_df.get(self._stem(word), 0)
+
+    def near(self, word: str, max_dist: int) -> list[tuple[str, int, int]]:
+        """Catalog words with the same first letter within ``max_dist`` edits (restricted
+        Damerau-Levenshtein), as (word, edits, document frequency): the slow path, for words
+        with no neighbour one edit away."""
+        if self._by_initial is None:
+            buckets: dict[str, list[int]] = {}
+            for i, w in enumerate(self.words):
+                buckets.setdefault(w[0], []).append(i)
+            self._by_initial = buckets
+        ids = [
+            i for i in self._by_initial.get(word[:1], []) if abs(len(self.words[i]) - len(word)) <= max_dist
+        ]
+        if not ids:
+            return []
+        hits = process.extract(
+            word, [self.words[i] for i in ids], scorer=OSA.distance, score_cutoff=max_dist, limit=None
+        )
+        return [(w, int(d), int(self.df[ids[j]])) for w, d, j in hits]
 
     def neighbours(self, word: str) -> list[tuple[str, int]]:
         """Catalog words exactly one edit from ``word``, with their document frequencies."""
@@ -182,29 +211,55 @@ class Correction:
 
 
 class SpellCorrector:
-    """Replaces query words the catalog lacks (in every form: "drills" is known when "drill" is)
-    with the most used catalog word one edit away.
+    """Replaces query words the catalog lacks in every form ("drills" is known when "drill" is)
+    with the catalog word(s) the shopper most likely meant.
 
     A word the catalog contains, however rarely, is never changed: a rare word is more often a
     real product term (a brand, a material) than a misspelling of a common one, and changing it
-    would hide exactly the product asked for. ``min_len``: shorter words are left alone (one edit
-    turns a 3-letter word into too many others). ``min_df``: a catalog word used by fewer
-    products is not offered (catalogs have typos too).
+    would hide exactly the product asked for. For an unknown word, in this order:
+
+    1. the most used catalog word one edit away (substitution, insertion, deletion, swap);
+    2. a form of a catalog word one deletion away ("steqamers" -> "steamers": "steamer" is known);
+    3. for words of ``far_len`` letters or more, the closest catalog word two edits away with the
+       same first letter ("maintance" -> "maintenance");
+    4. two catalog words run together ("cornershower" -> "corner shower").
+
+    ``min_len``: shorter words are left alone (one edit turns a 3-letter word into too many
+    others). ``min_df``: a catalog word used by fewer products is not offered (catalogs have
+    typos too).
     """
 
-    def __init__(self, vocab: Vocabulary, *, min_len: int = 4, min_df: int = 2) -> None:
+    def __init__(self, vocab: Vocabulary, *, min_len: int = 4, min_df: int = 2, far_len: int = 7) -> None:
         self.vocab = vocab
         self.min_len = min_len
         self.min_df = min_df
+        self.far_len = far_len
 
     def suggest(self, word: str) -> str | None:
-        """The catalog word to search instead of ``word`` (lower-cased), or None to keep it."""
-        if len(word) < self.min_len or not word.isalpha() or self.vocab.knows(word):
+        """The catalog word(s) to search instead of ``word`` (lower-cased), or None to keep it."""
+        v = self.vocab
+        if len(word) < self.min_len or not word.isalpha() or v.knows(word):
             return None
-        cands = [(w, d) for w, d in self.vocab.neighbours(word) if d >= self.min_df]
-        if not cands:
-            return None
-        return max(cands, key=lambda wd: (wd[1], wd[0]))[0]
+        cands = [(w, d) for w, d in v.neighbours(word) if d >= self.min_df]
+        if cands:
+            return max(cands, key=lambda wd: (wd[1], wd[0]))[0]
+        forms = [(w, v.stem_freq(w)) for w in {word[:i] + word[i + 1 :] for i in range(len(word))}]
+        forms = [(w, f) for w, f in forms if len(w) >= self.min_len and f >= self.min_df]
+        if forms:
+            return max(forms, key=lambda wf: (wf[1], wf[0]))[0]
+        if len(word) >= self.far_len:
+            far = [(w, d, f) for w, d, f in v.near(word, 2) if f >= self.min_df]
+            if far:
+                return min(far, key=lambda x: (x[1], -x[2], x[0]))[0]
+        splits = []
+        for i in range(3, len(word) - 2):
+            a, b = word[:i], word[i:]
+            fa, fb = v.freq(a), v.freq(b)
+            if fa >= self.min_df and fb >= self.min_df:
+                splits.append((f"{a} {b}", min(fa, fb)))
+        if splits:
+            return max(splits, key=lambda wf: (wf[1], wf[0]))[0]
+        return None
 
     def correct(self, text: str) -> Correction:
         changes: list[tuple[str, str]] = []

@@ -61,6 +61,23 @@ def test_corrects_unknown_words_to_the_most_used_neighbour() -> None:
     assert c.correct("bitz").text == "bits"  # 'bits' is used by 2 products: offered
 
 
+def test_inflected_forms_far_misspellings_and_run_together_words() -> None:
+    v = vocab(
+        *["garment steamer"] * 3,
+        *["maintenance kit"] * 2,
+        *["corner shower"] * 2,
+        "shower door",
+        *["magnetic maintainer"] * 3,
+    )
+    c = SpellCorrector(v)
+    assert c.correct("steamerrs").text == "steamers"  # a form of 'steamer', one deletion away
+    assert c.correct("maintance kit").text == "maintenance kit"  # two edits, same first letter
+    assert c.correct("cornershower").text == "corner shower"
+    assert c.correct("cornershower").changes == (("cornershower", "corner shower"),)
+    assert not SpellCorrector(v, far_len=20).correct("maintance").changed  # two edits: long words only
+    assert not c.correct("naintance").changed  # two edits and another first letter: not guessed
+
+
 def test_leaves_known_rare_short_and_numeric_words_alone() -> None:
     v = vocab(*["cordless drill"] * 5, "drell branded hammer", "grill", "grill", "mug", "mug")
     c = SpellCorrector(v)

@@ -114,6 +114,9 @@ def search(
         list[str] | None, typer.Option(help="Attribute equality, NAME=VALUE (repeatable).")
     ] = None,
     explain: Annotated[bool, typer.Option(help="Show per-source ranks and scores.")] = False,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Search the words as typed (no spelling correction).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Search an index by text, photo, or both."""
@@ -139,13 +142,21 @@ def search(
     pipeline = SearchPipeline.open(settings.index_dir, settings)
     resp = pipeline.search(
         SearchRequest(
-            text=query or None, image=image_bytes, k=k, offset=offset, filters=filters, explain=explain
+            text=query or None,
+            image=image_bytes,
+            k=k,
+            offset=offset,
+            filters=filters,
+            explain=explain,
+            spell_correction=False if exact else None,
         )
     )
     if as_json:
         typer.echo(json.dumps(response_to_dict(resp), ensure_ascii=False, indent=2))
         return
     typer.echo(f"{resp.total} results in {resp.took_ms:.1f} ms")
+    if resp.correction is not None:
+        typer.echo(f"showing results for: {resp.correction.text}  (--exact searches {query!r} as typed)")
     for i, r in enumerate(resp.results, resp.offset + 1):
         p = r.product
         price = f"  ${p.price:,.2f}" if p.price is not None else ""
@@ -161,6 +172,7 @@ def response_to_dict(resp: Any) -> dict[str, Any]:
         "offset": resp.offset,
         "k": resp.k,
         "took_ms": resp.took_ms,
+        "corrected_query": resp.correction.text if resp.correction else None,
         "results": [
             {
                 "id": r.id,

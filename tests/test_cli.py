@@ -46,6 +46,15 @@ def test_search_text_json_filters(index_dir):
     assert all(r["price"] <= 15 and r["attributes"]["color"] == "Blue" for r in out["results"])
 
 
+def test_misspelled_search_says_what_it_searched(index_dir):
+    proc = run("search", "blak hoodei", "--index", str(index_dir), "-k", "3")
+    assert "showing results for: black hoodie" in proc.stdout and "(Black)" in proc.stdout
+    out = json.loads(run("search", "blak hoodei", "--index", str(index_dir), "--json").stdout)
+    assert out["corrected_query"] == "black hoodie"
+    out = json.loads(run("search", "blak hoodei", "--index", str(index_dir), "--exact", "--json").stdout)
+    assert out["corrected_query"] is None
+
+
 def test_search_by_photo_and_explain(index_dir):
     catalog = [json.loads(line) for line in open(SAMPLE / "catalog.jsonl")]
     item = next(r for r in catalog if r.get("image") and r.get("title"))

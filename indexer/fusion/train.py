@@ -662,6 +662,7 @@ def train_fusion(
     from indexer.fusion.features import build_vocab, query_grams, rows_arrays
     from indexer.fusion.model import FusionConfig, FusionModel, save_checkpoint
     from indexer.fusion.sidecar import model_dir, publish_current
+    from indexer.spelling import SpellCorrector
     from indexer.store import LiveIndex
 
     cfg = config or TrainConfig()
@@ -742,6 +743,9 @@ def train_fusion(
         log(f"{len(synonyms)} catalog words have synonyms, e.g. {dict(list(synonyms.items())[:5])}")
         val_queries: dict[str, str] = {}
         n_judged = 0
+        if queries and settings.spell_correction:  # as the retriever will search them
+            corrector = SpellCorrector(live.vocabulary)
+            queries = {q: corrector.correct(t).text for q, t in queries.items()}
         if queries and qrels:
             fit_q = {
                 q: t

@@ -36,6 +36,9 @@ __all__ = ["Correction", "SpellCorrector", "Vocabulary", "product_words"]
 
 VOCAB_DIR = "spelling"
 _WORD = re.compile(r"[^\W_]+")
+# scripts written without spaces: a "word" there is a phrase, and one character more or less is
+# another product (红色连衣裙 / 蓝色连衣裙), not a typo
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\u0e00-\u0e7f]")
 _FORMAT = 1
 
 
@@ -238,7 +241,7 @@ class SpellCorrector:
     def suggest(self, word: str) -> str | None:
         """The catalog word(s) to search instead of ``word`` (lower-cased), or None to keep it."""
         v = self.vocab
-        if len(word) < self.min_len or not word.isalpha() or v.knows(word):
+        if len(word) < self.min_len or not word.isalpha() or _UNSPACED.search(word) or v.knows(word):
             return None
         cands = [(w, d) for w, d in v.neighbours(word) if d >= self.min_df]
         if cands:

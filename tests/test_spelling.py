@@ -88,6 +88,8 @@ def test_leaves_known_rare_short_and_numeric_words_alone() -> None:
     assert not c.correct("zzzzzz").changed  # nothing one edit away
     assert not c.correct("hammr").changed  # 'hammer' is used by one product only: not offered
     assert not c.correct("").changed
+    cjk = SpellCorrector(vocab(*["红色连衣裙"] * 3))
+    assert not cjk.correct("蓝色连衣裙").changed  # one character is another product, not a typo
 
 
 def test_words_added_after_the_build_are_never_corrected() -> None:

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rapidfuzz import process
@@ -46,8 +47,40 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
+# Units written after a number, each group's forms; the catalog's most used word form is searched.
+UNIT_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("in", "inch", "inches"), ('"', "''", "\u201d", "\u2033")),
+    (("ft", "foot", "feet"), ("'", "\u2019", "\u2032")),
+    (("gal", "gallon", "gallons"), ()),
+    (("lb", "lbs", "pound", "pounds"), ()),
+    (("oz", "ounce", "ounces"), ()),
+    (("mm", "millimeter", "millimeters", "millimetre", "millimetres"), ()),
+    (("cm", "centimeter", "centimeters", "centimetre", "centimetres"), ()),
+    (("v", "volt", "volts"), ()),
+    (("w", "watt", "watts"), ()),
+)
+_UNIT_FORMS = sorted({f for forms, _ in UNIT_GROUPS for f in forms}, key=len, reverse=True)
+_NUMBER_UNIT = re.compile(
+    r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(" + "|".join(_UNIT_FORMS) + r")\b", re.IGNORECASE
+)
+_DIMS_JOINED = re.compile(r"(?<!\w)\d+x\d+(?!\w)", re.IGNORECASE)
+_DIMS_SPLIT = re.compile(r"\d\s*(?:[a-z]{1,2}\.?|[\"'])?\s+x\s+\d", re.IGNORECASE)
+_MARK = "#"  # unit usage markers share the word sets: '#in' = a product writes '<number> in'
+
+
+def _unit_marks(text: str) -> set[str]:
+    marks = {_MARK + m.group(2).lower() for m in _NUMBER_UNIT.finditer(text)}
+    if _DIMS_JOINED.search(text):
+        marks.add(_MARK + "dims:joined")
+    if _DIMS_SPLIT.search(text):
+        marks.add(_MARK + "dims:split")
+    return marks
+
+
 def product_words(p: Product) -> set[str]:
-    """The distinct words of every searchable field of one product."""
+    """The distinct words of every searchable field of one product, plus markers of how it writes
+    units after numbers ('#in', '#inch') and dimensions ('#dims:joined' for 2x4, '#dims:split'
+    for 2 x 4)."""
     parts = [p.title, p.description, p.brand, p.category]
     for name, value in (p.attributes or {}).items():
         parts.append(str(name))
@@ -56,6 +89,7 @@ def product_words(p: Product) -> set[str]:
     for part in parts:
         if part:
             out.update(_words(str(part)))
+            out.update(_unit_marks(str(part)))
     return out
 
 
@@ -103,8 +137,10 @@ class Vocabulary:
     keys: np.ndarray  # int64 hashes of each word and its deletions, sorted
     ids: np.ndarray  # int32 word index for each key
     extra: Counter[str] = field(default_factory=Counter)  # words of products upserted since the build
+    units: dict[str, int] = field(default_factory=dict)  # unit usage marker -> products (no '#')
 
     def __post_init__(self) -> None:
+        self.version = 0  # bumped by add(): correctors recompute what depends on the counts
         self._index = {w: i for i, w in enumerate(self.words)}
         self._stem = stemmer()
         self._stem_df: Counter[str] = Counter()
@@ -119,18 +155,28 @@ class Vocabulary:
         counts: Counter[str] = Counter()
         for ws in word_sets:
             counts.update(ws)
-        words = sorted(w for w in counts if len(w) >= min_len and not any(c.isdigit() for c in w))
+        units = {w[1:]: n for w, n in counts.items() if w.startswith(_MARK)}
+        words = sorted(
+            w
+            for w in counts
+            if len(w) >= min_len and not w.startswith(_MARK) and not any(c.isdigit() for c in w)
+        )
         df = np.array([counts[w] for w in words], dtype=np.int32)
         pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]
         arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         order = np.argsort(arr[:, 0], kind="stable")
-        return cls(words, df, arr[order, 0].copy(), arr[order, 1].astype(np.int32))
+        return cls(words, df, arr[order, 0].copy(), arr[order, 1].astype(np.int32), units=units)
+
+    def unit_use(self, mark: str) -> int:
+        """Products that write a unit or dimension this way ('inch', 'dims:joined')."""
+        return self.units.get(mark, 0) + self.extra.get(_MARK + mark, 0)
 
     def add(self, words: Iterable[str]) -> None:
         """Words of a product upserted after the build: known from now on (never corrected)."""
         words = list(words)
         self.extra.update(words)
         self._stems.update(self._stem(w) for w in words)
+        self.version += 1
 
     def knows(self, word: str) -> bool:
         """True when the catalog has the word or another form of it (drill / drills)."""
@@ -181,7 +227,8 @@ class Vocabulary:
         np.save(d / "df.npy", self.df)
         np.save(d / "keys.npy", self.keys)
         np.save(d / "ids.npy", self.ids)
-        (d / "words.json").write_text(json.dumps({"format": _FORMAT, "words": self.words}), encoding="utf-8")
+        meta = {"format": _FORMAT, "words": self.words, "units": self.units}
+        (d / "words.json").write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: Path) -> Vocabulary | None:
@@ -199,7 +246,10 @@ class Vocabulary:
             raise IndexCorruptError(f"spelling vocabulary in {d} is unreadable: {exc}") from exc
         if meta.get("format") != _FORMAT or len(df) != len(words) or len(keys) != len(ids):
             raise IndexCorruptError(f"spelling vocabulary in {d} is inconsistent (rebuild the index)")
-        return cls(list(words), df, keys, ids)
+        units = meta.get("units", {})
+        if not isinstance(units, dict):
+            raise IndexCorruptError(f"spelling vocabulary in {d} is inconsistent (rebuild the index)")
+        return cls(list(words), df, keys, ids, units={str(k): int(v) for k, v in units.items()})
 
 
 @dataclass(frozen=True)
@@ -237,6 +287,8 @@ class SpellCorrector:
         self.min_len = min_len
         self.min_df = min_df
         self.far_len = far_len
+        self._rules: list[tuple[re.Pattern[str], Any]] | None = None
+        self._rules_version = -1
 
     def suggest(self, word: str) -> str | None:
         """The catalog word(s) to search instead of ``word`` (lower-cased), or None to keep it."""
@@ -264,7 +316,38 @@ class SpellCorrector:
             return max(splits, key=lambda wf: (wf[1], wf[0]))[0]
         return None
 
+    def _unit_rules(self) -> list[tuple[re.Pattern[str], Any]]:
+        """The rewrites for this catalog, compiled once (again after upserts changed the counts)."""
+        v = self.vocab
+        if self._rules is not None and self._rules_version == v.version:
+            return self._rules
+        rules: list[tuple[re.Pattern[str], Any]] = []
+        joined, split = v.unit_use("dims:joined"), v.unit_use("dims:split")
+        if joined > split:
+            rules.append((re.compile(r"(?<!\w)(\d+)\s+x\s+(\d+)(?!\w)", re.IGNORECASE), r"\1x\2"))
+        elif split > joined:
+            rules.append((re.compile(r"(?<!\w)(\d+)x(\d+)(?!\w)", re.IGNORECASE), r"\1 x \2"))
+        for forms, symbols in UNIT_GROUPS:
+            best = max((v.unit_use(f), -i, f) for i, f in enumerate(forms))
+            if best[0] == 0:
+                continue  # the catalog never writes this unit after a number: nothing to match
+            alts = "|".join(re.escape(f) for f in sorted((*forms, *symbols), key=len, reverse=True))
+            pattern = r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(?:" + alts + r")\.?(?![^\W_])"
+            rules.append((re.compile(pattern, re.IGNORECASE), rf"\1 {best[2]}"))
+        self._rules, self._rules_version = rules, v.version
+        return rules
+
+    def units(self, text: str) -> str:
+        """Units after numbers and dimensions written the way the catalog writes them ("36 inch"
+        -> "36 in", '8\'' -> "8 ft", "2x4" -> "2 x 4" when products say "2 in. x 4 in."). Not
+        reported as a correction: the shopper's meaning is unchanged."""
+        for pattern, repl in self._unit_rules():
+            text = pattern.sub(repl, text)
+        return text
+
     def correct(self, text: str) -> Correction:
+        original = text
+        text = self.units(text)
         changes: list[tuple[str, str]] = []
         out: list[str] = []
         last = 0
@@ -277,6 +360,6 @@ class SpellCorrector:
                 last = m.end()
                 changes.append((word, fix))
         if not changes:
-            return Correction(text, text)
+            return Correction(text, original)
         out.append(text[last:])
-        return Correction("".join(out), text, tuple(changes))
+        return Correction("".join(out), original, tuple(changes))

@@ -59,6 +59,7 @@ class Retriever:
         self.index = index
         self.settings = settings
         self.cf = CFSource(index.index_dir, settings)  # --- collaborative filtering: lazy, hot-reloaded
+        self._corrector: SpellCorrector | None = None
 
     def correct(self, text: str | None, *, spell: bool | None = None) -> Correction | None:
         """The query as it will be searched: whitespace collapsed and, unless switched off (here or
@@ -70,7 +71,11 @@ class Retriever:
             raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
         if not (self.settings.spell_correction if spell is None else spell):
             return Correction(text, text)
-        return SpellCorrector(self.index.vocabulary).correct(text)
+        vocabulary = self.index.vocabulary  # a reload brings a new one: a new corrector with it
+        corrector = self._corrector
+        if corrector is None or corrector.vocab is not vocabulary:
+            corrector = self._corrector = SpellCorrector(vocabulary)
+        return corrector.correct(text)
 
     def query_text(self, text: str | None) -> str | None:
         """What the encoders see for ``text``: batch evaluation encodes this, as retrieve would."""

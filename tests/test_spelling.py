@@ -92,6 +92,22 @@ def test_leaves_known_rare_short_and_numeric_words_alone() -> None:
     assert not cjk.correct("蓝色连衣裙").changed  # one character is another product, not a typo
 
 
+def test_units_and_dimensions_are_searched_as_the_catalog_writes_them() -> None:
+    abbrev = vocab(*["Pine Board 2 in. x 4 in. x 8 ft."] * 3, "5 gal. Bucket", "Vanity in White 36 in.")
+    c = SpellCorrector(abbrev)
+    assert c.correct("2x4 8 foot board").text == "2 x 4 8 ft board"
+    assert c.correct('36" vanity').text == "36 in vanity"
+    assert c.correct("36inch vanity in white").text == "36 in vanity in white"  # 'in white': no number
+    assert c.correct("5 gallon bucket").text == "5 gal bucket"
+    assert not c.correct("5 gallon bucket").changed  # same meaning: not reported as a correction
+    spelled = vocab(*["Vanity 36 inch, 2x4 frame"] * 3, "Kettle 1.5 litre")
+    c = SpellCorrector(spelled)
+    assert c.correct('36" vanity').text == "36 inch vanity"
+    assert c.correct("2 x 4 frame").text == "2x4 frame"
+    assert c.correct("10 ft hose").text == "10 ft hose"  # feet never follow a number here: kept
+    assert c.correct("18-volt drill").text == "18-volt drill"
+
+
 def test_words_added_after_the_build_are_never_corrected() -> None:
     v = vocab("hoodie", "hoodie", "hoodie")
     c = SpellCorrector(v)
@@ -99,16 +115,21 @@ def test_words_added_after_the_build_are_never_corrected() -> None:
     v.add(product_words(Product(id="new", title="Hoodia Herbal Tea")))
     assert not c.correct("hoodia").changed
     assert not c.correct("hoodias").changed  # its other forms too
+    assert c.correct('36" hoodie').text == '36" hoodie'  # no product writes inches yet
+    v.add(product_words(Product(id="new2", title="Hoodie rack 36 inch")))
+    assert c.correct('36" hoodie').text == "36 inch hoodie"  # the same corrector sees the upsert
 
 
 def test_vocabulary_files_round_trip_without_pickle(tmp_path: Path) -> None:
-    v = vocab("cordless drill", "cordless drill", "drill bits")
+    v = vocab("cordless drill 18 v", "cordless drill", "drill bits")
+    assert v.units == {"v": 1}
     v.save(tmp_path)
     for name in ("df.npy", "keys.npy", "ids.npy"):
         arr = np.load(tmp_path / "spelling" / name, allow_pickle=False)
         assert arr.dtype != object
     loaded = Vocabulary.load(tmp_path)
     assert loaded is not None and loaded.words == v.words and list(loaded.df) == list(v.df)
+    assert loaded.units == v.units
     assert SpellCorrector(loaded).correct("cordles dril").text == "cordless drill"
     assert Vocabulary.load(tmp_path / "elsewhere") is None  # an index built before this existed
     (tmp_path / "spelling" / "ids.npy").write_bytes(b"garbage")

@@ -71,9 +71,12 @@ def main() -> None:
                 clean_changed = sum(corrector.correct(t).changed for t in mine.values())
                 typos = {q: perturb(t, "typo", q) for q, t in mine.items()}
                 typos = {q: t for q, t in typos.items() if t != mine[q]}
+                # restored: the typo'd query is searched exactly as the clean query is
                 restored = sum(
-                    corrector.correct(t).text.casefold() == mine[q].casefold() for q, t in typos.items()
+                    corrector.correct(t).text == corrector.correct(mine[q]).text for q, t in typos.items()
                 )
+                for t in list(mine.values())[:200]:  # warm-up: first two-edit lookup builds its buckets
+                    corrector.correct(t)
                 times = []
                 for t in [*mine.values(), *typos.values()]:
                     t0 = time.perf_counter()
@@ -83,7 +86,7 @@ def main() -> None:
                     "vocabulary": len(pipeline.index.vocabulary.words),
                     "clean queries changed": clean_changed,
                     "typo queries": len(typos),
-                    "typo queries restored exactly": restored,
+                    "typo queries searched as the clean query": restored,
                     "ms p50": float(np.percentile(times, 50)),
                     "ms p99": float(np.percentile(times, 99)),
                 }

@@ -60,8 +60,11 @@ UNIT_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("w", "watt", "watts"), ()),
 )
 _UNIT_FORMS = sorted({f for forms, _ in UNIT_GROUPS for f in forms}, key=len, reverse=True)
+# "2 in 1", "3-in-1": a count, not a unit
+_NOT_A_COUNT = r"(?!\s*-?\s*\d)"
 _NUMBER_UNIT = re.compile(
-    r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(" + "|".join(_UNIT_FORMS) + r")\b", re.IGNORECASE
+    r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(" + "|".join(_UNIT_FORMS) + r")\b" + _NOT_A_COUNT,
+    re.IGNORECASE,
 )
 _DIMS_JOINED = re.compile(r"(?<!\w)\d+x\d+(?!\w)", re.IGNORECASE)
 _DIMS_SPLIT = re.compile(r"\d\s*(?:[a-z]{1,2}\.?|[\"'])?\s+x\s+\d", re.IGNORECASE)
@@ -332,7 +335,9 @@ class SpellCorrector:
             if best[0] == 0:
                 continue  # the catalog never writes this unit after a number: nothing to match
             alts = "|".join(re.escape(f) for f in sorted((*forms, *symbols), key=len, reverse=True))
-            pattern = r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(?:" + alts + r")\.?(?![^\W_])"
+            pattern = (
+                r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(?:" + alts + r")\.?(?![^\W_])" + _NOT_A_COUNT
+            )
             rules.append((re.compile(pattern, re.IGNORECASE), rf"\1 {best[2]}"))
         self._rules, self._rules_version = rules, v.version
         return rules

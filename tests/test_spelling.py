@@ -106,6 +106,8 @@ def test_units_and_dimensions_are_searched_as_the_catalog_writes_them() -> None:
     assert c.correct("2 x 4 frame").text == "2x4 frame"
     assert c.correct("10 ft hose").text == "10 ft hose"  # feet never follow a number here: kept
     assert c.correct("18-volt drill").text == "18-volt drill"
+    assert c.correct("3 in 1 vanity").text == "3 in 1 vanity"  # a count, not inches
+    assert vocab("Sofa 3-in-1", "Sofa 2 in 1").units == {}
 
 
 def test_words_added_after_the_build_are_never_corrected() -> None:

@@ -251,9 +251,11 @@ def demo(
     typer.echo(result.report.summary())
     typer.echo(f"indexed {result.counts['items']} items in {result.seconds:.1f} s into {result.path}")
     pipeline = SearchPipeline.open(settings.index_dir, settings)
-    for q in ("black hoodie", "waterproof boots", "ceramic mug"):
+    for q in ("black hoodie", "waterproof boots", "ceramic mug", "wterproof bots"):
         resp = pipeline.search(SearchRequest(text=q, k=3))
         typer.echo(f"\n'{q}': {resp.total} results in {resp.took_ms:.1f} ms")
+        if resp.correction is not None:
+            typer.echo(f"   (showing results for '{resp.correction.text}')")
         for r in resp.results:
             typer.echo(f"   [{r.id}] {r.product.title}")
     pipeline.close()

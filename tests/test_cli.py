@@ -46,6 +46,14 @@ def test_search_text_json_filters(index_dir):
     assert all(r["price"] <= 15 and r["attributes"]["color"] == "Blue" for r in out["results"])
 
 
+def test_demo_indexes_the_sample_and_searches_without_serving(tmp_path):
+    proc = run("demo", "--index", str(tmp_path / "demo"), "--no-serve")
+    assert "indexed 106 items" in proc.stdout
+    assert "'wterproof bots'" in proc.stdout and "(showing results for 'waterproof boots')" in proc.stdout
+    after = proc.stdout.split("'wterproof bots'")[1]
+    assert "Boot" in after.splitlines()[2]  # the corrected search finds boots
+
+
 def test_misspelled_search_says_what_it_searched(index_dir):
     proc = run("search", "blak hoodei", "--index", str(index_dir), "-k", "3")
     assert "showing results for: black hoodie" in proc.stdout and "(Black)" in proc.stdout

@@ -324,6 +324,9 @@ class TrainConfig:
     adversarial: Literal["none", "fgm", "pgd"] = "fgm"
     adv_eps: float = 0.25
     pgd_steps: int = 2
+    # the running average of the weights from epoch ``average_from`` on is a candidate for the kept
+    # model beside each epoch's own (0: off); it smooths the epoch-to-epoch noise of selection
+    average_from: int = 2
     k: int = 10
     depth: int = 100
     threads: int = 1
@@ -603,6 +606,8 @@ def _train_transformer(
     )
     history: list[dict[str, float]] = []
     best, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    avg_state: dict[str, Any] | None = None
+    n_avg = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = rng.permutation(len(qids))
@@ -630,11 +635,30 @@ def _train_transformer(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         heads = predict_heads(model, val_batcher, val_lists)
         mix, metrics, _ = choose_mix(heads, val_lists, qrels, cfg.k, cfg.depth)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        averaged = False
+        if cfg.average_from and epoch >= cfg.average_from:
+            n_avg += 1
+            if avg_state is None:
+                avg_state = {k: v.clone() for k, v in state.items()}
+            else:
+                for k, v in avg_state.items():
+                    if v.is_floating_point():
+                        v.mul_((n_avg - 1) / n_avg).add_(state[k] / n_avg)
+            if n_avg > 1:  # one epoch averaged is that epoch itself
+                model.load_state_dict(avg_state)
+                a_heads = predict_heads(model, val_batcher, val_lists)
+                a_mix, a_metrics, _ = choose_mix(a_heads, val_lists, qrels, cfg.k, cfg.depth)
+                model.load_state_dict(state)
+                key = f"ndcg@{cfg.k}_condensed"
+                if a_metrics[key] > metrics[key]:
+                    mix, metrics, averaged = a_mix, a_metrics, True
         rec = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
             **metrics,
             "mix": mix,
+            "averaged": float(averaged),
             "seconds": time.perf_counter() - t0,
         }
         history.append(rec)
@@ -643,8 +667,8 @@ def _train_transformer(
         main = metrics[f"ndcg@{cfg.k}_condensed"]
         if main > best + 1e-5:
             best, best_epoch, bad_epochs = main, epoch, 0
-            model.mix.fill_(mix)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.clone() for k, v in (avg_state if averaged else state).items()}
+            best_state["mix"].fill_(mix)
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:

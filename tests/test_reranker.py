@@ -247,6 +247,26 @@ def test_training_learns_list_context_only_with_cross_attention(tmp_path):
     )
 
 
+def test_weight_average_is_a_candidate_and_the_kept_model_matches_its_record():
+    from dataclasses import replace
+
+    from reranker.train import Batcher, predict_lists
+
+    train, val = _synthetic(96, 0), _synthetic(24, 1)
+    qrels = {**_qrels(train), **_qrels(val)}
+    cfg = TrainConfig(
+        epochs=4, batch_size=8, lr=5e-3, d_model=16, heads=2, ff=32, augment=False, adversarial="none",
+        patience=4, k=1, depth=12, average_from=1,
+    )  # fmt: skip
+    res = train_transformer(train, val, qrels, cfg, piece_table=None, progress=False)
+    kept = predict_lists(res.model, Batcher(val, [("text", "text", 4)], None), val.lists)
+    got = score_rankings(rank_lists(val.lists, kept, 12), qrels, 1, 12)["ndcg@1_condensed"]
+    assert got == pytest.approx(res.best_val["ndcg@1_condensed"])
+    assert all("averaged" in h for h in res.history) and res.history[0]["averaged"] == 0.0
+    off = train_transformer(train, val, qrels, replace(cfg, average_from=0), piece_table=None, progress=False)
+    assert not any(h["averaged"] for h in off.history)
+
+
 @pytest.mark.parametrize("adversarial", ["fgm", "pgd"])
 def test_training_is_deterministic_with_augmentation_and_adversarial_steps(adversarial):
     train, val = _synthetic(48, 0), _synthetic(12, 1)

@@ -2,14 +2,14 @@
 
 A misspelled query word matches nothing in BM25 and lands the text encoders somewhere else, so
 the product it names is not even a candidate: no re-ranker can bring it back. The corrector
-replaces a query word that the catalog does not contain (or barely contains) with the catalog
-word one edit away (substitution, insertion, deletion or swap of neighbours) that the most
-products use. Words with digits (model numbers, sizes) are never touched: an edit there names a
-different product, not a misspelling.
+replaces a query word that the catalog does not contain in any form with the catalog word the
+shopper most likely meant (:class:`SpellCorrector` lists the passes). Words with digits (model
+numbers, sizes) are never touched: an edit there names a different product, not a misspelling.
+Units after numbers ("36 inch", '8\'') are written the way most products write them.
 
-Candidates come from a symmetric-delete index (SymSpell): every catalog word is stored under
-itself and each of its one-letter deletions, as 64-bit hashes in a sorted array, so a lookup is
-a few binary searches. The vocabulary is built once per index generation from the analysed
+Candidates one edit away come from a symmetric-delete index (SymSpell): every catalog word is
+stored under itself and each of its one-letter deletions, as 64-bit hashes in a sorted array, so
+a lookup is a few binary searches. The vocabulary is built once per index generation from the
 products and saved beside it as arrays plus JSON (no pickle); products upserted later add their
 words in memory, so a new brand name is never "corrected" away.
 """

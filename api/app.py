@@ -133,7 +133,7 @@ class SearchIn(BaseModel):
     explain: bool = Field(False, description="Add per-source ranks and scores to every result.")
     spell_correction: bool | None = Field(
         None,
-        description="Search misspelled words as the catalog word one edit away (default: the "
+        description="Search misspelled words and units as the catalog spells them (default: the "
         "server's setting); false searches the query exactly as typed.",
     )
     # --- collaborative filtering

@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     query_cache_size: int = Field(4096, ge=0)
     spell_correction: bool = Field(
         True,
-        description="Replace query words the catalog lacks with the catalog word one edit away "
+        description="Search misspelled query words and units as the catalog spells them "
         "(indexer.spelling); requests can switch it off.",
     )
 

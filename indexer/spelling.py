@@ -5,7 +5,8 @@ the product it names is not even a candidate: no re-ranker can bring it back. Th
 replaces a query word that the catalog does not contain in any form with the catalog word the
 shopper most likely meant (:class:`SpellCorrector` lists the passes). Words with digits (model
 numbers, sizes) are never touched: an edit there names a different product, not a misspelling.
-Units after numbers ("36 inch", '8\'') are written the way most products write them.
+Units after numbers ("36 inch", '8\'') are written the way most products write them, and two
+query words the catalog writes as one ("back splash") also search the one-word form.
 
 Candidates one edit away come from a symmetric-delete index (SymSpell): every catalog word is
 stored under itself and each of its one-letter deletions, as 64-bit hashes in a sorted array, so
@@ -59,6 +60,7 @@ UNIT_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("v", "volt", "volts"), ()),
     (("w", "watt", "watts"), ()),
 )
+_UNIT_FORM_SET = {f for forms, _ in UNIT_GROUPS for f in forms}
 _UNIT_FORMS = sorted({f for forms, _ in UNIT_GROUPS for f in forms}, key=len, reverse=True)
 # "2 in 1", "3-in-1": a count, not a unit
 _NOT_A_COUNT = r"(?!\s*-?\s*\d)"
@@ -280,6 +282,9 @@ class SpellCorrector:
        same first letter ("maintance" -> "maintenance");
     4. two catalog words run together ("cornershower" -> "corner shower").
 
+    The other way round, two query words the catalog writes as one also search that word
+    (:meth:`joins`), and units follow the catalog's style (:meth:`units`).
+
     ``min_len``: shorter words are left alone (one edit turns a 3-letter word into too many
     others). ``min_df``: a catalog word used by fewer products is not offered (catalogs have
     typos too).
@@ -364,7 +369,25 @@ class SpellCorrector:
                 out.append(fix)
                 last = m.end()
                 changes.append((word, fix))
-        if not changes:
-            return Correction(text, original)
-        out.append(text[last:])
-        return Correction("".join(out), original, tuple(changes))
+        if changes:
+            out.append(text[last:])
+            text = "".join(out)
+        return Correction(self.joins(text), original, tuple(changes))
+
+    def joins(self, text: str) -> str:
+        """Adds the catalog's one-word spelling after two query words it writes as one ("back
+        splash" -> "back splash backsplash"): both spellings are searched, so products written
+        either way match. Not reported as a correction."""
+        words = list(_WORD.finditer(text))
+        extra: list[tuple[int, str]] = []
+        for m1, m2 in zip(words, words[1:], strict=False):
+            a, b = m1.group(0).casefold(), m2.group(0).casefold()
+            if not (a.isalpha() and b.isalpha()) or len(a) + len(b) < 6 or text[m1.end() : m2.start()] != " ":
+                continue
+            if a in _UNIT_FORM_SET and text[: m1.start()].rstrip()[-1:].isdigit():
+                continue  # "3 in to 2 in": a unit after a number, not half of a word
+            if self.vocab.freq(a + b) >= self.min_df:
+                extra.append((m2.end(), a + b))
+        for pos, word in reversed(extra):
+            text = f"{text[:pos]} {word}{text[pos:]}"
+        return text

@@ -110,6 +110,17 @@ def test_units_and_dimensions_are_searched_as_the_catalog_writes_them() -> None:
     assert vocab("Sofa 3-in-1", "Sofa 2 in 1").units == {}
 
 
+def test_two_words_the_catalog_writes_as_one_search_both_spellings() -> None:
+    v = vocab(
+        *["Kitchen Backsplash Tile"] * 3, "Back Door", "Splash Guard", *["Pipe 3 in. to 2 in. into"] * 2
+    )
+    c = SpellCorrector(v)
+    fixed = c.correct("kitchen back splash")
+    assert fixed.text == "kitchen back splash backsplash" and not fixed.changed  # an addition, not a fix
+    assert c.correct("3 in to 2 in").text == "3 in to 2 in"  # a unit after a number is not half a word
+    assert c.correct("back door").text == "back door"  # 'backdoor' is no catalog word
+
+
 def test_words_added_after_the_build_are_never_corrected() -> None:
     v = vocab("hoodie", "hoodie", "hoodie")
     c = SpellCorrector(v)

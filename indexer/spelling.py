@@ -70,6 +70,7 @@ _NUMBER_UNIT = re.compile(
 )
 _DIMS_JOINED = re.compile(r"(?<!\w)\d+x\d+(?!\w)", re.IGNORECASE)
 _DIMS_SPLIT = re.compile(r"\d\s*(?:[a-z]{1,2}\.?|[\"'])?\s+x\s+\d", re.IGNORECASE)
+_KEEP_SHARE = 0.1  # a unit form used by this share of the usual form's products is searched too
 _MARK = "#"  # unit usage markers share the word sets: '#in' = a product writes '<number> in'
 
 
@@ -339,11 +340,19 @@ class SpellCorrector:
             best = max((v.unit_use(f), -i, f) for i, f in enumerate(forms))
             if best[0] == 0:
                 continue  # the catalog never writes this unit after a number: nothing to match
+            canon = best[2]
+            # a form many products use too is kept beside the usual one: both are searched
+            kept = {f for f in forms if f != canon and v.unit_use(f) >= _KEEP_SHARE * best[0]}
             alts = "|".join(re.escape(f) for f in sorted((*forms, *symbols), key=len, reverse=True))
             pattern = (
-                r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(?:" + alts + r")\.?(?![^\W_])" + _NOT_A_COUNT
+                r"(?<![^\W\d_])(\d+(?:[./]\d+)?)(?:\s*-\s*|\s*)(" + alts + r")\.?(?![^\W_])" + _NOT_A_COUNT
             )
-            rules.append((re.compile(pattern, re.IGNORECASE), rf"\1 {best[2]}"))
+
+            def repl(m: re.Match[str], canon: str = canon, kept: set[str] = kept) -> str:
+                typed = m.group(2).lower()
+                return f"{m.group(1)} {typed} {canon}" if typed in kept else f"{m.group(1)} {canon}"
+
+            rules.append((re.compile(pattern, re.IGNORECASE), repl))
         self._rules, self._rules_version = rules, v.version
         return rules
 

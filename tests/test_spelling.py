@@ -107,6 +107,9 @@ def test_units_and_dimensions_are_searched_as_the_catalog_writes_them() -> None:
     assert c.correct("10 ft hose").text == "10 ft hose"  # feet never follow a number here: kept
     assert c.correct("18-volt drill").text == "18-volt drill"
     assert c.correct("3 in 1 vanity").text == "3 in 1 vanity"  # a count, not inches
+    both = SpellCorrector(vocab(*["Monitor 17 in. wide"] * 3, "Laptop 17 inch screen", "Tablet 10inch"))
+    assert both.correct("17 inch monitor").text == "17 inch in monitor"  # 'inch' is common too: kept
+    assert both.correct('17" monitor').text == "17 in monitor"
     assert vocab("Sofa 3-in-1", "Sofa 2 in 1").units == {}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,14 +124,12 @@ def _planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return norm(text), norm(query), norm(image)
 
 
-def test_tiny_training_learns_a_planted_cross_modal_mapping():
-    """Text queries must find photo-only items they never saw, through a mapping the model has to
-    learn (text and photo vectors live in unrelated spaces)."""
-    n_train, n_test = 400, 200
-    text, query, image = _planted(n_train + n_test, seed=3)
-    cfg = FusionConfig(
+def _small_config(colour_dim: int = 0) -> FusionConfig:
+    """The small model the planted-mapping training tests learn with."""
+    return FusionConfig(
         text_dim=24,
         image_dim=40,
+        colour_dim=colour_dim,
         d_model=32,
         n_layers=1,
         n_heads=2,
@@ -139,17 +138,41 @@ def test_tiny_training_learns_a_planted_cross_modal_mapping():
         dropout=0.0,
         n_gram_buckets=0,
     )
+
+
+def _text_trainer(
+    cfg: FusionConfig,
+    items: ItemArrays,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+) -> tuple[FusionModel, Callable[[], None]]:
+    """A fresh model (seed 0) and the call that trains it on one (query, item) pair per row."""
+    pairs = PairSet()
+    for i in rows.tolist():
+        pairs.add(f"q{i}", i, 1, 1.0, [])
+    data = _Data(items, [frozenset()] * len(items), pairs, queries)
+    tc = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=3e-3, d_model=32, n_heads=2, hard_negatives=False
+    )
+    torch.manual_seed(0)
+    model = FusionModel(cfg)
+    return model, lambda: train_text_steps(Trainer(model, data, _Val(), rows, rows, {}, tc), model, tc)
+
+
+def test_tiny_training_learns_a_planted_cross_modal_mapping():
+    """Text queries must find photo-only items they never saw, through a mapping the model has to
+    learn (text and photo vectors live in unrelated spaces)."""
+    n_train, n_test = 400, 200
+    text, query, image = _planted(n_train + n_test, seed=3)
+    cfg = _small_config()
     items = ItemArrays.empty(n_train + n_test, cfg)
     items.text, items.image = text.copy(), image
     items.text_mask[:n_train] = True
     items.image_mask[:] = True
-    pairs = PairSet()
-    for i in range(n_train):
-        pairs.add(f"q{i}", i, 1, 1.0, [])
-    data = _Data(items, [frozenset()] * len(items), pairs, query[:n_train])
-    tc = TrainConfig(epochs=8, batch_size=100, lr=3e-3, d_model=32, n_heads=2, hard_negatives=False)
-    torch.manual_seed(0)
-    model = FusionModel(cfg)
+    model, train = _text_trainer(cfg, items, np.arange(n_train), query[:n_train], epochs=8, batch_size=100)
     test = np.arange(n_train, n_train + n_test)
 
     def recall_at_10() -> float:
@@ -161,8 +184,7 @@ def test_tiny_training_learns_a_planted_cross_modal_mapping():
         return float(np.mean([i in top[i] for i in range(n_test)]))
 
     before = recall_at_10()
-    trainer = Trainer(model, data, _Val(), np.arange(n_train), np.arange(n_train), {}, tc)
-    train_text_steps(trainer, model, tc)
+    train()
     after = recall_at_10()
     assert before < 0.15  # random is 10/200 = 0.05
     assert after > 0.6, (before, after)
@@ -292,33 +314,15 @@ def test_the_colour_token_makes_photo_queries_find_the_same_colour(with_colour):
     n = len(labels)
     order = np.random.default_rng(6).permutation(n)
     train, test = order[: 2 * n // 3], order[2 * n // 3 :]
-    cfg = FusionConfig(
-        text_dim=24,
-        image_dim=40,
-        colour_dim=16 if with_colour else 0,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        ff_dim=64,
-        query_hidden=32,
-        dropout=0.0,
-        n_gram_buckets=0,
-    )
+    cfg = _small_config(colour_dim=16 if with_colour else 0)
     items = ItemArrays.empty(n, cfg)
     items.text, items.image = text, image
     items.text_mask[train] = True
     items.image_mask[:] = True
     if with_colour:
         items.colour, items.colour_mask[:] = hist, True
-    pairs = PairSet()
-    for i in train.tolist():
-        pairs.add(f"q{i}", i, 1, 1.0, [])
-    data = _Data(items, [frozenset()] * n, pairs, query[train])
-    tc = TrainConfig(epochs=12, batch_size=60, lr=3e-3, d_model=32, n_heads=2, hard_negatives=False)
-    torch.manual_seed(0)
-    model = FusionModel(cfg)
-    trainer = Trainer(model, data, _Val(), train, train, {}, tc)
-    train_text_steps(trainer, model, tc)
+    model, fit = _text_trainer(cfg, items, train, query[train], epochs=12, batch_size=60)
+    fit()
     described = items.take(test)
     described.text_mask[:] = True
     photo = items.take(test)

@@ -197,7 +197,7 @@ def build_lists(
     dim = index.vectors["text"].dim if "text" in index.vectors else 0
     qv: dict[str, np.ndarray] = {}
     # the retriever searches a spelling-corrected text: the batch encodes that, as it would
-    searched = {t: _searched(retriever, t) for _, _, t in jobs if t}
+    searched = {t: retriever.query_text(t) or t for _, _, t in jobs if t}
     texts = sorted(set(searched.values()))
     if dim and texts:
         vecs = index.encoders.text.encode(texts, batch_size=batch_size, progress=progress)
@@ -225,11 +225,6 @@ def build_lists(
         "candidates": retriever.settings.candidates,
     }
     return ListSet(lists, vecs_by_mod, present, meta)
-
-
-def _searched(retriever: Any, text: str) -> str:
-    query_text = getattr(retriever, "query_text", None)  # absent: a retriever without spelling
-    return (query_text(text) if query_text else None) or text
 
 
 def list_from_features(

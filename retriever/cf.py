@@ -182,6 +182,8 @@ class CFSource:
                     "token_p_click": round(float(p["tokens"][k]), 5) if tokens_used else None,
                     "trend": round(float(p["trend"][k]), 4),
                     "trend_boost": round(bp.w_trend * float(p["trend"][k]), 4),
+                    # the user's own past engagement with the item, and what it added
+                    "seen_boost": round(bp.w_seen * float(p["seen"][k]), 4) if bp.w_seen and user else None,
                     "interactions": round(float(p["interactions"][k]), 3),
                     "cold_start": bool(p["interactions"][k] == 0),
                 }

@@ -431,6 +431,59 @@ def test_new_knobs_at_zero_reproduce_the_old_scores_and_old_generations_load(tmp
     assert x.items.tolist() == y.items.tolist() and np.allclose(x.scores, y.scores)
 
 
+def _returning_log(days: int = 40) -> EventLog:
+    """'rocksmith' has three SKUs clicked 5:4:3 by one-time shoppers; returning shoppers come
+    back to the query the next day and click a SKU they did not click before (the Best Buy
+    pattern: 2% of returning users' clicks are on an item they already clicked)."""
+    events = []
+    skus = ("game", "bundle", "cable")
+    for d in range(days):
+        t = T0 + d * DAY
+        for k, n in enumerate((5, 4, 3)):
+            events += [
+                Event(skus[k], "click", t + k * 60 + j, user_id=f"once-{d}-{k}-{j}", query="rocksmith")
+                for j in range(n)
+            ]
+        events.append(Event("game", "click", t + 3600, user_id=f"back-{d}", query="rocksmith"))
+        events.append(Event(skus[1 + d % 2], "click", t + DAY + 7200, user_id=f"back-{d}", query="rocksmith"))
+    return EventLog.from_events(events)
+
+
+def test_seen_items_term_is_learned_and_round_trips(tmp_path):
+    from indexer.cf import fit_tuned
+
+    settings = load_settings(cf_position_bias_eta=0.0)
+    log = _returning_log()
+    plain = BlendParams(gamma=0.0, w_als=0.0, w_pmi=0.0, w_user=0.0, w_trend=0.0, kappa_tok=0.0)
+    model = fit_model(log, settings, params=plain, threads=1)
+    assert model.history is not None
+    back = "back-3"
+    assert model.score_query("rocksmith", 1, user=back).items.tolist() == [model.item_index["game"]]
+    demoted = model.with_params(BlendParams(**{**plain.to_dict(), "w_seen": -3.0}))
+    top = demoted.score_query("rocksmith", 3, user=back, explain=True)
+    # the returning shopper's SKUs are demoted; a stranger sees the unchanged order
+    assert model.item_ids[top.items[0]] not in {"game", "cable"} and top.parts["seen"][-1] > 0
+    assert demoted.score_query("rocksmith", 3, user="someone-new").items.tolist() == (
+        model.score_query("rocksmith", 3).items.tolist()
+    )
+    # the tuner finds the sign from the log's newest 10% (returning shoppers never re-click)
+    tuned, report = fit_tuned(log, settings, threads=1)
+    assert tuned.params.w_seen < 0 and report["map5_tuned"] > report["map5_default"]
+    _, folder = publish(demoted, tmp_path)
+    loaded = CFModel.load(folder)
+    a, b = demoted.score_query("rocksmith", 3, user=back), loaded.score_query("rocksmith", 3, user=back)
+    assert a.items.tolist() == b.items.tolist() and np.allclose(a.scores, b.scores)
+    # a generation written before the term existed loads and scores without it
+    (folder / "user_items.npz").unlink()
+    old = CFModel.load(folder)
+    assert old.history is None
+    assert old.score_query("rocksmith", 1, user=back).items.tolist() == [model.item_index["game"]]
+    # a history that names unknown items is reported, not served
+    np.savez(folder / "user_items.npz", ptr=np.asarray([0, 1]), item=np.asarray([99]), weight=np.ones(1))
+    with pytest.raises(IndexCorruptError, match="user_items"):
+        CFModel.load(folder)
+
+
 def test_damaged_token_files_are_reported(tmp_path):
     model = fit_model(_shift_log(), load_settings(), threads=1)
     _, folder = publish(model, tmp_path)

@@ -4,12 +4,15 @@ trainer's tuning and the retriever use, so what is tuned is exactly what is serv
 Score of item i for a query q (matched to known query groups) and an optional user u:
 
     s(i) = log p~(i | q) + w_als * <x_q, y_i> + w_user * <x_u, y_i> + w_trend * trend_i
+           + w_seen * log(1 + h_ui)
 
 where p~ is the smoothed click distribution of the graph (see ``graph``; optionally smoothed
 toward the token-level distribution of the query text with ``kappa_tok`` pseudo-clicks), mixed
 with one PMI random-walk step ``(1 - w_pmi) * p + w_pmi * sum_j p(j) * P(i | j)`` over co-engaged
 items, x, y are the learned factors (cold items carry their content-mapped vector) and trend_i
-the item's recent click rate against its long-run share (``graph.item_trend``). A query with no
+the item's recent click rate against its long-run share (``graph.item_trend``), h_ui the user's
+own weighted events on the item in the training log (the sign of ``w_seen`` is learned: on the
+Best Buy log a shopper seldom clicks the same SKU twice). A query with no
 exact or fuzzy match takes the token-level distribution (``tokenmodel``) as p~ when
 ``token_fallback`` is on. Candidates are the query's clicked items, their PMI neighbours and a
 FAISS inner-product search over the item factors (which is how items nobody has clicked yet can
@@ -52,6 +55,9 @@ class BlendParams:
     token_fallback: bool = True  # an unmatched query scores by the clicks of queries sharing its words
     kappa_tok: float = 0.0  # pseudo-clicks of the token-level distribution in a matched query's history
     w_trend: float = 0.0  # weight of the item trend (recent click rate vs long-run share)
+    # weight of log(1 + the user's own weighted events on the item): negative when shoppers of
+    # this log rarely come back to an item they already engaged with, positive when they do
+    w_seen: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -65,6 +71,47 @@ class ScoredItems:
     match_score: float  # 1 exact, the similarity for fuzzy, the share of known words for tokens
     personalised: bool
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # per-item terms, for explain
+
+
+@dataclass
+class UserHistory:
+    """CSR over users: the items each user engaged with and the summed event weights."""
+
+    ptr: np.ndarray  # int64 (n_users + 1)
+    item: np.ndarray  # int32, sorted within a user
+    weight: np.ndarray  # float32
+
+    @classmethod
+    def build(
+        cls, user_row: np.ndarray, item: np.ndarray, weight: np.ndarray, n_users: int, n_items: int
+    ) -> UserHistory:
+        keep = user_row >= 0
+        key = user_row[keep].astype(np.int64) * n_items + item[keep]
+        uniq, inv = np.unique(key, return_inverse=True)
+        w = np.bincount(inv, weights=weight[keep], minlength=len(uniq))
+        ptr = np.zeros(n_users + 1, dtype=np.int64)
+        ptr[1:] = np.cumsum(np.bincount(uniq // n_items, minlength=n_users))
+        return cls(ptr, (uniq % n_items).astype(np.int32), w.astype(np.float32))
+
+    def of(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.ptr[user], self.ptr[user + 1]
+        return self.item[s:e].astype(np.int64), self.weight[s:e].astype(np.float64)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, ptr=self.ptr, item=self.item, weight=self.weight)
+
+    @classmethod
+    def load(cls, path: Path, n_users: int, n_items: int) -> UserHistory:
+        with np.load(path, allow_pickle=False) as z:
+            h = cls(z["ptr"], z["item"], z["weight"])
+        if (
+            h.ptr.shape != (n_users + 1,)
+            or int(h.ptr[-1]) != len(h.item)
+            or len(h.weight) != len(h.item)
+            or (len(h.item) and int(h.item.max()) >= n_items)
+        ):
+            raise IndexCorruptError(f"{path} does not match users.json / items.json")
+        return h
 
 
 @dataclass
@@ -83,6 +130,7 @@ class CFModel:
     mapper: ContentMapper | None = None
     tokens: TokenModel | None = None  # None: a model trained before the token model existed
     item_trend: np.ndarray | None = None  # float per item; None reads as all zeros
+    history: UserHistory | None = None  # each user's engaged items; None: trained before it existed
     _item_index: dict[str, int] | None = None
     _user_index: dict[str, int] | None = None
     _ann: VectorIndex | None = None
@@ -159,6 +207,9 @@ class CFModel:
             how, how_score = "tokens", tok.coverage
         u = self.user_index.get(user) if user is not None else None
         personal = u is not None and p.w_user > 0
+        seen_ids, seen_w = (
+            self.history.of(u) if u is not None and p.w_seen and self.history is not None else (None, None)
+        )
         if not matches and not fallback and not personal:
             return ScoredItems(np.zeros(0, np.int64), np.zeros(0), None, 0.0, False)
 
@@ -192,6 +243,8 @@ class CFModel:
         uf = self.user_factors[u] if personal else None
         if uf is not None and k_ann > 0:
             cand.append(np.asarray(self._ann_ids(uf, k_ann, allowed), dtype=np.int64))
+        if seen_ids is not None and p.w_seen > 0:
+            cand.append(seen_ids)
 
         ids = np.unique(np.concatenate(cand))
         if allowed is not None and len(ids):
@@ -217,6 +270,9 @@ class CFModel:
         trend_term = self.item_trend[ids] if self.item_trend is not None else np.zeros(len(ids))
         if p.w_trend:
             score += p.w_trend * trend_term
+        seen_term = np.log1p(_lookup(seen_ids, seen_w, ids)) if seen_ids is not None else np.zeros(len(ids))
+        if seen_ids is not None:
+            score += p.w_seen * seen_term
         order = np.lexsort((ids, -score))[:n]
         parts = {}
         if explain:
@@ -229,6 +285,7 @@ class CFModel:
                 "als": als_term[order],
                 "user": user_term[order],
                 "trend": trend_term[order],
+                "seen": seen_term[order],
                 "tokens": tok_p,
                 "interactions": self.item_counts[top],
             }
@@ -315,6 +372,8 @@ class CFModel:
             self.tokens.save(folder)
         if self.item_trend is not None:
             np.save(folder / "item_trend.npy", self.item_trend.astype(np.float32))
+        if self.history is not None:
+            self.history.save(folder / "user_items.npz")
         if self.mapper is not None:
             save_mapper(self.mapper, folder / "coldstart.npz")
         self.ann().save(folder / "item_ann")  # FAISS over the normalised factors
@@ -346,6 +405,12 @@ class CFModel:
                 trend = np.load(folder / "item_trend.npy", allow_pickle=False).astype(np.float64)
                 if trend.shape != (len(item_ids),):
                     raise IndexCorruptError(f"{folder}: item_trend.npy does not match items.json")
+            user_ids = json.loads((folder / "users.json").read_text(encoding="utf-8"))
+            history = (
+                UserHistory.load(folder / "user_items.npz", len(user_ids), len(item_ids))
+                if (folder / "user_items.npz").exists()
+                else None
+            )
             known = set(BlendParams.__dataclass_fields__)
             params = BlendParams(**{k: v for k, v in manifest.get("params", {}).items() if k in known})
             return cls(
@@ -354,7 +419,7 @@ class CFModel:
                 graph=QueryGraph.load(folder / "graph.npz"),
                 neighbours=ItemNeighbours.load(folder / "pmi.npz"),
                 query_factors=np.load(folder / "query_factors.npy", allow_pickle=False),
-                user_ids=json.loads((folder / "users.json").read_text(encoding="utf-8")),
+                user_ids=user_ids,
                 user_factors=np.load(folder / "user_factors.npy", allow_pickle=False),
                 item_factors=factors,
                 item_counts=np.load(folder / "item_counts.npy", allow_pickle=False),
@@ -363,6 +428,7 @@ class CFModel:
                 mapper=mapper,
                 tokens=tokens,
                 item_trend=trend,
+                history=history,
                 _ann=ann,
             )
         except IndexCorruptError:

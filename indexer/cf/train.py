@@ -6,7 +6,7 @@ Layout::
     INDEX/cf/CURRENT              name of the live CF generation (replaced atomically)
     INDEX/cf/cf-000004/           manifest.json, items.json, users.json, queries.json,
                                   queries_fuzzy.npz, graph.npz, pmi.npz, tokens.json, tokens.npz,
-                                  item_trend.npy, query_factors.npy, user_factors.npy,
+                                  item_trend.npy, query_factors.npy, user_factors.npy, user_items.npz,
                                   item_counts.npy, item_factors.npy, coldstart.npz,
                                   item_ann/ (FAISS index over the factors, see indexer.vector)
 
@@ -33,7 +33,7 @@ import numpy as np
 from indexer.cf.coldstart import blend, fit_mapper
 from indexer.cf.factors import Factors, interaction_matrix, train_als, train_gmf
 from indexer.cf.graph import build_query_graph, decay, event_weights, item_trend
-from indexer.cf.model import BlendParams, CFModel
+from indexer.cf.model import BlendParams, CFModel, UserHistory
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
 from indexer.cf.tokenmodel import build_token_model
@@ -60,6 +60,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "w_user": (0.0, 0.25, 0.5, 1.0, 2.0),
     "kappa_tok": (0.0, 1.0, 3.0, 10.0, 30.0),
     "w_trend": (0.0, 0.1, 0.2, 0.3, 0.5, 1.0),
+    "w_seen": (-3.0, -1.0, -0.3, 0.0, 0.3, 1.0),
 }
 
 
@@ -243,6 +244,7 @@ def fit_model(
         mapper=mapper,
         tokens=token_model,
         item_trend=trend,
+        history=UserHistory.build(user_row, item, base, len(user_ids), len(item_ids)),
     )
 
 
@@ -290,7 +292,7 @@ def tune(
     for _ in range(passes):
         improved = False
         for name, values in GRID.items():
-            if name == "w_user" and not has_users:
+            if name in ("w_user", "w_seen") and not has_users:
                 continue
             for v in values:
                 if getattr(best, name) == v:

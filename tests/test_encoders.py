@@ -268,7 +268,9 @@ def test_open_clip_from_user_checkpoint(tiny_clip: tuple[Path, Path]) -> None:
     _unit(iv)
     _unit(tv)
     np.testing.assert_array_equal(enc.encode(images), iv)
-    np.testing.assert_array_equal(enc.encode_text(["red shirt"])[0], tv[0])
+    # alone vs in a batch of 3: BLAS may take another kernel path for another batch shape, so
+    # the last bits can differ (CI saw 9e-8); the same vector is what matters
+    np.testing.assert_allclose(enc.encode_text(["red shirt"])[0], tv[0], atol=1e-6)
     assert not np.allclose(iv[0], iv[1])
 
     # the same weights loaded again give the same vectors; other weights get another name

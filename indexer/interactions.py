@@ -597,22 +597,7 @@ class EventStore:
     def read(self, since_seq: int = 0) -> EventLog:
         """Every event with seq > since_seq, oldest first (storage order)."""
         with self._lock:
-            cur = self._db.execute(
-                "SELECT seq, ts, item, event, user, session, query, position FROM events "
-                "WHERE seq > ? ORDER BY seq",
-                (since_seq,),
-            )
-            rows = cur.fetchall()
-        return EventLog(
-            seq=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-            ts=np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows)),
-            item=[r[2] for r in rows],
-            event=[r[3] for r in rows],
-            user=[r[4] for r in rows],
-            session=[r[5] for r in rows],
-            query=[r[6] for r in rows],
-            position=np.fromiter((r[7] or 0 for r in rows), dtype=np.int64, count=len(rows)),
-        )
+            return _read_since(self._db, since_seq)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -639,6 +624,56 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_since(db: sqlite3.Connection, since_seq: int, limit: int = -1) -> EventLog:
+    rows = db.execute(
+        "SELECT seq, ts, item, event, user, session, query, position FROM events "
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        (since_seq, limit),
+    ).fetchall()
+    return EventLog(
+        seq=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+        ts=np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows)),
+        item=[r[2] for r in rows],
+        event=[r[3] for r in rows],
+        user=[r[4] for r in rows],
+        session=[r[5] for r in rows],
+        query=[r[6] for r in rows],
+        position=np.fromiter((r[7] or 0 for r in rows), dtype=np.int64, count=len(rows)),
+    )
+
+
+class EventTail:
+    """Read-only follower of an index's event log: the events stored after a given seq, for the
+    live CF counts of a serving process. Creates nothing: no log yet reads as no events."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.path = Path(index_dir) / EVENTS_DIR / DB_NAME
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def read(self, since_seq: int, limit: int = 200_000) -> EventLog:
+        """Up to ``limit`` events with seq > since_seq, oldest first."""
+        with self._lock:
+            if self._db is None:
+                if not self.path.exists():
+                    return EventLog.from_events([])
+                try:
+                    uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                    self._db = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+                except sqlite3.Error as exc:
+                    raise IndexCorruptError(f"event store {self.path} is unreadable: {exc}") from None
+            try:
+                return _read_since(self._db, since_seq, limit)
+            except sqlite3.Error as exc:
+                raise IndexCorruptError(f"cannot read the event store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def user_key_for(index_dir: Path, settings: Settings, user_id: str) -> str:

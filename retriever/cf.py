@@ -3,7 +3,10 @@ similar items.
 
 The model is loaded lazily from ``INDEX/cf/CURRENT`` on first use and swapped (no downtime) when
 a new generation is published: checked at most once per ``reload_interval`` seconds, or at once
-through :meth:`CFSource.reload` (``POST /admin/reload``). CF items are ids; the live item table
+through :meth:`CFSource.reload` (``POST /admin/reload``). With ``cf_live`` (the default) the events
+stored after the generation was trained are counted as they arrive (``indexer.cf.live``), polled
+from the event log on the same schedule, so a click counts within a second, not at the next
+``train-cf``. CF items are ids; the live item table
 maps them to rows, so the same boolean row mask as every other source (filters, deletions)
 applies, and an item deleted from the catalog never comes back through CF.
 """
@@ -18,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from indexer.cf.live import LiveClicks
 from indexer.cf.model import CFModel
 from indexer.cf.train import CF_DIR
-from indexer.interactions import user_key_for
+from indexer.interactions import EventTail, user_key_for
 from indexer.items import ItemTable
 from shopsearch.errors import IndexCorruptError, ItemNotFoundError
 from shopsearch.settings import Settings
@@ -41,6 +45,7 @@ class _Loaded:
     # (id(table), table.n_rows) -> CF item number -> row (-1 = not in the catalog)
     rows_key: tuple[int, int] | None = None
     rows: np.ndarray | None = None
+    live: LiveClicks | None = None  # events stored since training (None: cf_live off)
 
 
 class CFSource:
@@ -55,6 +60,7 @@ class CFSource:
         self._stamp: tuple[int, str] | None = None
         self._checked = -np.inf
         self._salted_users: dict[str, str] = {}
+        self._tail = EventTail(self.index_dir)
 
     # ----------------------------------------------------------------- loading
     def _current(self) -> tuple[int, str] | None:
@@ -79,6 +85,7 @@ class CFSource:
                 self._loaded, self._stamp = None, None
                 return None
             if stamp == self._stamp and self._loaded is not None:
+                self._follow(self._loaded)
                 return self._loaded
             folder = self.index_dir / CF_DIR / stamp[1]
             try:
@@ -87,9 +94,25 @@ class CFSource:
                 if self._loaded is not None:  # keep serving the previous model
                     return self._loaded
                 raise
-            self._loaded = _Loaded(stamp[1], model)
+            loaded = _Loaded(stamp[1], model, live=LiveClicks(model) if self.settings.cf_live else None)
+            self._follow(loaded)  # catch up before serving: no click since training is left out
+            self._loaded = loaded
             self._stamp = stamp
             return self._loaded
+
+    def _follow(self, loaded: _Loaded) -> None:
+        """Count the events stored since the last look (a broken log leaves the counts as they were:
+        the trained model still serves)."""
+        if loaded.live is None:
+            return
+        while True:
+            try:
+                log = self._tail.read(loaded.live.last_seq)
+            except IndexCorruptError:
+                return
+            if len(log) == 0:
+                return
+            loaded.live.add(log)
 
     def reload(self) -> str | None:
         """Load the newest published CF generation now; returns its name (None: no CF model)."""
@@ -112,6 +135,7 @@ class CFSource:
             "counts": m.get("counts", {}),
             "params": m.get("params", {}),
             "holdout": m.get("holdout", {}),
+            "live": loaded.live.info() if loaded.live is not None else None,
         }
 
     # ----------------------------------------------------------------- mapping
@@ -163,7 +187,7 @@ class CFSource:
         rows = self._rows(loaded, table)
         allowed = self._allowed(rows, mask)
         user = self.user_key(user_id) if user_id else None
-        scored = model.score_query(text, n, user=user, allowed=allowed, explain=explain)
+        scored = model.score_query(text, n, user=user, allowed=allowed, explain=explain, live=loaded.live)
         hits = [(int(rows[i]), float(s)) for i, s in zip(scored.items, scored.scores, strict=True)]
         details: dict[int, dict[str, Any]] = {}
         if explain and len(scored.items):

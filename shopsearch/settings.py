@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Clicks at position p weigh p**eta (inverse propensity); 0 = no correction."
     )
     cf_tune: bool = Field(True, description="train-cf tunes blend weights on the newest 10% of the log.")
+    cf_live: bool = Field(
+        True,
+        description="Count events stored after the CF model was trained at query time (live click counts, "
+        "seen items), and tune the blend weights for it.",
+    )
 
     @field_validator("event_weights")
     @classmethod

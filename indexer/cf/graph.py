@@ -33,10 +33,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexer.cf.tokenmodel import TokenDistribution
+
+if TYPE_CHECKING:
+    from indexer.cf.live import LiveEdges
 
 DAY = 86_400.0
 MAX_POSITION_WEIGHT = 20.0
@@ -103,15 +107,22 @@ class QueryGraph:
         gamma: float,
         kappa: float = 0.0,
         tokens: TokenDistribution | None = None,
+        live: LiveEdges | None = None,
+        prior: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """(items, p(item|group) for the listed items, rest coefficient): an unlisted item i has
         p = rest * prior_i. With ``kappa`` > 0 and a token distribution, the whole-history part
-        is smoothed toward it as well (its items join the listed ones)."""
+        is smoothed toward it as well (its items join the listed ones). ``live`` adds the clicks
+        stored since training (``indexer.cf.live``), ``prior`` replaces the trained prior."""
         items, a, r = self.edges(group)
-        ta, tr = self.total_all[group], self.total_recent[group]
+        ta, tr = float(self.total_all[group]), float(self.total_recent[group])
+        if live is not None:
+            items, a, r, ta, tr = live.merged(items, a, r, ta, tr)
+        if prior is None:
+            prior = self.prior
         if kappa <= 0 or tokens is None:
-            pa = (a + alpha * self.prior[items]) / (ta + alpha)
-            pr = (r + alpha * self.prior[items]) / (tr + alpha)
+            pa = (a + alpha * prior[items]) / (ta + alpha)
+            pr = (r + alpha * prior[items]) / (tr + alpha)
             p = (1 - gamma) * pa + gamma * pr
             rest = (1 - gamma) * alpha / (ta + alpha) + gamma * alpha / (tr + alpha)
             return items, p, float(rest)
@@ -122,9 +133,9 @@ class QueryGraph:
         a_u[np.searchsorted(u, items)] = a
         r_u[np.searchsorted(u, items)] = r
         t_u[np.searchsorted(u, tokens.items)] = tokens.p
-        prior = self.prior[u]
-        pa = (a_u + alpha * prior + kappa * (t_u + tokens.rest * prior)) / (ta + alpha + kappa)
-        pr = (r_u + alpha * prior) / (tr + alpha)
+        pu = prior[u]
+        pa = (a_u + alpha * pu + kappa * (t_u + tokens.rest * pu)) / (ta + alpha + kappa)
+        pr = (r_u + alpha * pu) / (tr + alpha)
         p = (1 - gamma) * pa + gamma * pr
         rest_all = (alpha + kappa * tokens.rest) / (ta + alpha + kappa)
         rest = (1 - gamma) * rest_all + gamma * alpha / (tr + alpha)
@@ -163,10 +174,16 @@ def item_trend(
     an item has no events (cold items neither rise nor fall)."""
     a = np.bincount(item, weights=w_all, minlength=n_items).astype(np.float64)
     r = np.bincount(item, weights=w_recent, minlength=n_items).astype(np.float64)
+    return trend_from_totals(a, r, pseudo)
+
+
+def trend_from_totals(a: np.ndarray, r: np.ndarray, pseudo: float = TREND_PSEUDO) -> np.ndarray:
+    """The trend of items whose whole-history and recent weighted clicks are ``a`` and ``r``."""
     if a.sum() <= 0:
-        return np.zeros(n_items)
+        return np.zeros(len(a))
     expected = r.sum() * a / a.sum()
-    return np.where(a > 0, np.log((r + pseudo) / (expected + pseudo)), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(a > 0, np.log((r + pseudo) / (expected + pseudo)), 0.0)
 
 
 def build_query_graph(

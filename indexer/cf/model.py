@@ -16,7 +16,8 @@ Best Buy log a shopper seldom clicks the same SKU twice). A query with no
 exact or fuzzy match takes the token-level distribution (``tokenmodel``) as p~ when
 ``token_fallback`` is on. Candidates are the query's clicked items, their PMI neighbours and a
 FAISS inner-product search over the item factors (which is how items nobody has clicked yet can
-be found at all).
+be found at all). With ``live`` (``indexer.cf.live``) the clicks stored since training join p~,
+the prior, the trend and h_ui, and a text only those clicks know ranks by them (match "live").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from indexer.cf.coldstart import ContentMapper, load_mapper, save_mapper
 from indexer.cf.graph import QueryGraph
+from indexer.cf.live import LIVE_QUERY_PSEUDO, LiveClicks, LiveEdges
 from indexer.cf.pmi import ItemNeighbours
 from indexer.cf.queries import QueryMatch, QueryVocab
 from indexer.cf.tokenmodel import TokenDistribution, TokenModel
@@ -130,6 +132,9 @@ class CFModel:
     mapper: ContentMapper | None = None
     tokens: TokenModel | None = None  # None: a model trained before the token model existed
     item_trend: np.ndarray | None = None  # float per item; None reads as all zeros
+    # (2, n_items) weighted clicks per item, whole history and recent (the trend's inputs), in the
+    # units of the newest training event; None: trained before it existed (live trend then frozen)
+    item_activity: np.ndarray | None = None
     history: UserHistory | None = None  # each user's engaged items; None: trained before it existed
     _item_index: dict[str, int] | None = None
     _user_index: dict[str, int] | None = None
@@ -196,8 +201,10 @@ class CFModel:
         user: str | None = None,
         allowed: np.ndarray | None = None,
         explain: bool = False,
+        live: LiveClicks | None = None,
     ) -> ScoredItems:
-        """Top-n CF items for a query (and/or a user); ``allowed`` is a boolean mask over CF items."""
+        """Top-n CF items for a query (and/or a user); ``allowed`` is a boolean mask over CF items.
+        ``live``: clicks stored since training (``indexer.cf.live``), counted as if refit."""
         p = self.params
         matches = self.match(text) if text else []
         tok = self._token_distribution(text, bool(matches))
@@ -205,12 +212,15 @@ class CFModel:
         how, how_score = (matches[0][0].how, matches[0][0].score) if matches else (None, 0.0)
         if fallback and tok is not None:
             how, how_score = "tokens", tok.coverage
+        # a text no trained group knows exactly, but that live events have: its own clicks
+        own = live.own_group(text) if live is not None and text and how != "exact" else None
+        if own is not None:
+            how, how_score = "live", 1.0
+        gprior = live.prior() if live is not None else self.graph.prior
         u = self.user_index.get(user) if user is not None else None
         personal = u is not None and p.w_user > 0
-        seen_ids, seen_w = (
-            self.history.of(u) if u is not None and p.w_seen and self.history is not None else (None, None)
-        )
-        if not matches and not fallback and not personal:
+        seen_ids, seen_w = self._seen(u, user, live) if p.w_seen else (None, None)
+        if not matches and not fallback and not personal and own is None:
             return ScoredItems(np.zeros(0, np.int64), np.zeros(0), None, 0.0, False)
 
         # p~ of the listed items as sorted (ids, values): sparse, so a query costs what it touches,
@@ -222,7 +232,15 @@ class CFModel:
         if matches:
             parts_i, parts_p = [], []
             for m, w in matches:
-                items, probs, r = self.graph.distribution(m.group, p.alpha, p.gamma, p.kappa_tok, tok)
+                items, probs, r = self.graph.distribution(
+                    m.group,
+                    p.alpha,
+                    p.gamma,
+                    p.kappa_tok,
+                    tok,
+                    live=live.group(m.group) if live is not None else None,
+                    prior=gprior,
+                )
                 parts_i.append(np.asarray(items, dtype=np.int64))
                 parts_p.append(w * probs)
                 rest += w * r
@@ -231,6 +249,10 @@ class CFModel:
             qf = sum(w * self.query_factors[m.group] for m, w in matches)
         elif fallback and tok is not None:
             listed_ids, listed_p, rest = tok.items, tok.p, tok.rest
+        elif own is not None:  # nothing to lean on but the popularity prior
+            rest = 1.0
+        if own is not None:
+            listed_ids, listed_p, rest = _with_own_clicks(listed_ids, listed_p, rest, own, p.gamma)
 
         cand = [listed_ids]
         expanded: tuple[np.ndarray, np.ndarray] | None = None
@@ -251,8 +273,8 @@ class CFModel:
             ids = ids[allowed[ids]]
         if len(ids) == 0:
             return ScoredItems(ids, np.zeros(0), how, how_score, personal)
-        prior = self.graph.prior[ids]
-        if matches or fallback:
+        prior = gprior[ids]
+        if matches or fallback or own is not None:
             pl = _lookup(listed_ids, listed_p, ids)
             if expanded is not None and len(expanded[0]):
                 pl = (1 - p.w_pmi) * pl + p.w_pmi * _lookup(expanded[0], expanded[1], ids)
@@ -267,7 +289,8 @@ class CFModel:
         user_term = vecs @ uf if uf is not None else np.zeros(len(ids))
         if uf is not None:
             score += p.w_user * user_term
-        trend_term = self.item_trend[ids] if self.item_trend is not None else np.zeros(len(ids))
+        trend = live.trend() if live is not None else self.item_trend
+        trend_term = trend[ids] if trend is not None else np.zeros(len(ids))
         if p.w_trend:
             score += p.w_trend * trend_term
         seen_term = np.log1p(_lookup(seen_ids, seen_w, ids)) if seen_ids is not None else np.zeros(len(ids))
@@ -279,7 +302,7 @@ class CFModel:
             top = ids[order]
             tok_p = np.zeros(len(top))
             if tok is not None:
-                tok_p = _lookup(tok.items, tok.p, top) + self.graph.prior[top] * tok.rest
+                tok_p = _lookup(tok.items, tok.p, top) + gprior[top] * tok.rest
             parts = {
                 "graph": graph_term[order],
                 "als": als_term[order],
@@ -290,6 +313,24 @@ class CFModel:
                 "interactions": self.item_counts[top],
             }
         return ScoredItems(ids[order], score[order], how, how_score, personal, parts)
+
+    def _seen(
+        self, u: int | None, user: str | None, live: LiveClicks | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(items sorted, weights) the user engaged with: in training and since (live)."""
+        parts = []
+        if u is not None and self.history is not None:
+            parts.append(self.history.of(u))
+        if live is not None and user is not None:
+            fresh = live.seen(user)
+            if fresh is not None:
+                parts.append(fresh)
+        if not parts:
+            return None, None
+        if len(parts) == 1:
+            return parts[0]
+        ids, inv = np.unique(np.concatenate([x[0] for x in parts]), return_inverse=True)
+        return ids, np.bincount(inv, weights=np.concatenate([x[1] for x in parts]), minlength=len(ids))
 
     def _token_distribution(self, text: str | None, matched: bool) -> TokenDistribution | None:
         """The token-level distribution when it is used: as the whole graph term of an unmatched
@@ -372,6 +413,8 @@ class CFModel:
             self.tokens.save(folder)
         if self.item_trend is not None:
             np.save(folder / "item_trend.npy", self.item_trend.astype(np.float32))
+        if self.item_activity is not None:
+            np.save(folder / "item_activity.npy", self.item_activity.astype(np.float64))
         if self.history is not None:
             self.history.save(folder / "user_items.npz")
         if self.mapper is not None:
@@ -405,6 +448,11 @@ class CFModel:
                 trend = np.load(folder / "item_trend.npy", allow_pickle=False).astype(np.float64)
                 if trend.shape != (len(item_ids),):
                     raise IndexCorruptError(f"{folder}: item_trend.npy does not match items.json")
+            activity = None
+            if (folder / "item_activity.npy").exists():
+                activity = np.load(folder / "item_activity.npy", allow_pickle=False).astype(np.float64)
+                if activity.shape != (2, len(item_ids)):
+                    raise IndexCorruptError(f"{folder}: item_activity.npy does not match items.json")
             user_ids = json.loads((folder / "users.json").read_text(encoding="utf-8"))
             history = (
                 UserHistory.load(folder / "user_items.npz", len(user_ids), len(item_ids))
@@ -428,6 +476,7 @@ class CFModel:
                 mapper=mapper,
                 tokens=tokens,
                 item_trend=trend,
+                item_activity=activity,
                 history=history,
                 _ann=ann,
             )
@@ -435,6 +484,23 @@ class CFModel:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(f"CF artefacts in {folder} are unreadable: {exc}") from None
+
+
+def _with_own_clicks(
+    ids: np.ndarray, p: np.ndarray, rest: float, own: LiveEdges, gamma: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A query's distribution (listed items + rest * prior) smoothed into the live clicks of its
+    exact text, the way the graph smooths a group's clicks toward the prior: the model's guess
+    counts ``LIVE_QUERY_PSEUDO`` clicks, in the whole-history and the recent part alike."""
+    m = LIVE_QUERY_PSEUDO
+    u = np.union1d(ids, own.items)
+    base = _lookup(ids, p, u)
+    clicks_a = _lookup(own.items, own.all, u) * own.scale_all
+    clicks_r = _lookup(own.items, own.recent, u) * own.scale_recent
+    den_a = own.total_all * own.scale_all + m
+    den_r = own.total_recent * own.scale_recent + m
+    out = (1 - gamma) * (clicks_a + m * base) / den_a + gamma * (clicks_r + m * base) / den_r
+    return u, out, rest * ((1 - gamma) * m / den_a + gamma * m / den_r)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 
 from indexer.cf.coldstart import blend, fit_mapper
 from indexer.cf.factors import Factors, interaction_matrix, train_als, train_gmf
-from indexer.cf.graph import build_query_graph, decay, event_weights, item_trend
+from indexer.cf.graph import PRIOR_FLOOR, build_query_graph, decay, event_weights, item_trend
 from indexer.cf.model import BlendParams, CFModel, UserHistory
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
@@ -140,6 +140,12 @@ def fit_model(
     w_recent = base * decay(log.ts, settings.cf_recent_half_life_days)
     graph = build_query_graph(group, item, w_all, w_recent, len(vocab), len(item_ids))
     trend = item_trend(item, w_all, w_recent, len(item_ids))
+    activity = np.stack(
+        [
+            np.bincount(item, weights=w_all, minlength=len(item_ids)),
+            np.bincount(item, weights=w_recent, minlength=len(item_ids)),
+        ]
+    )
     timings["graph"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -227,6 +233,9 @@ def fit_model(
         },
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "newest_event": float(log.ts.max()),
+        # where live counting (indexer.cf.live) picks up: events stored after these were not trained on
+        "last_seq": int(log.seq.max()),
+        "prior_mass": float(w_recent.sum() + PRIOR_FLOOR * max(float(w_recent.sum()), 1.0)),
     }
     params = params or BlendParams(fuzzy_min_score=settings.cf_fuzzy_min_score)
     return CFModel(
@@ -244,6 +253,7 @@ def fit_model(
         mapper=mapper,
         tokens=token_model,
         item_trend=trend,
+        item_activity=activity,
         history=UserHistory.build(user_row, item, base, len(user_ids), len(item_ids)),
     )
 
@@ -272,6 +282,36 @@ def map_at_5(model: CFModel, log: EventLog, *, fallback: np.ndarray | None = Non
     return total / max(n, 1)
 
 
+def replay_ap(model: CFModel, log: EventLog, *, fallback: bool = False) -> np.ndarray:
+    """AP@5 of each event of ``log`` (0 for events without a query), replayed in time order
+    through a fresh :class:`~indexer.cf.live.LiveClicks`: an event is scored with every earlier
+    one counted and its own click not yet, as the live server sees it. ``fallback`` fills a list
+    shorter than 5 with the most popular items (the live prior)."""
+    from indexer.cf.live import LiveClicks
+
+    live = LiveClicks(model)
+    index = model.item_index
+    out = np.zeros(len(log))
+    for k in np.lexsort((log.seq, log.ts)):
+        q = log.query[k]
+        if q:
+            i = index.get(log.item[k])
+            if i is not None:
+                ranked = model.score_query(q, 5, user=log.user[k], live=live).items.tolist()
+                if fallback and len(ranked) < 5:
+                    top = np.argsort(-live.prior(), kind="stable")[:5].tolist()
+                    ranked += [x for x in top if x not in ranked][: 5 - len(ranked)]
+                out[k] = 1.0 / (ranked.index(i) + 1) if i in ranked else 0.0
+        live.add(log.take(np.asarray([k])))
+    return out
+
+
+def replay_map_at_5(model: CFModel, log: EventLog) -> float:
+    """Mean of :func:`replay_ap` over the events with a query."""
+    has_q = np.asarray([bool(q) for q in log.query])
+    return float(replay_ap(model, log)[has_q].mean()) if has_q.any() else 0.0
+
+
 def time_split(log: EventLog, share: float) -> tuple[EventLog, EventLog]:
     """(older, newest ``share``) by timestamp; ties broken by storage order."""
     order = np.lexsort((log.seq, log.ts))
@@ -280,25 +320,33 @@ def time_split(log: EventLog, share: float) -> tuple[EventLog, EventLog]:
 
 
 def tune(
-    model: CFModel, holdout: EventLog, *, progress: Callable[[str], None] | None = None, passes: int = 2
+    model: CFModel,
+    holdout: EventLog,
+    *,
+    progress: Callable[[str], None] | None = None,
+    passes: int = 2,
+    live: bool = False,
 ) -> tuple[BlendParams, dict[str, Any]]:
-    """Coordinate ascent of the blend weights on MAP@5 of the hold-out."""
+    """Coordinate ascent of the blend weights on MAP@5 of the hold-out; ``live``: replayed in time
+    order with the earlier hold-out events counted live (how a server with live counting sees it)."""
     step = progress or (lambda _n: None)
+    score_of = replay_map_at_5 if live else map_at_5
     best = model.params
-    default = map_at_5(model, holdout)
+    default = score_of(model, holdout)
     best_score = default
     has_users = any(u is not None and u in model.user_index for u in holdout.user)
     evaluated = 1
     for _ in range(passes):
         improved = False
         for name, values in GRID.items():
-            if name in ("w_user", "w_seen") and not has_users:
+            # live, a user's earlier hold-out events are history too
+            if (name == "w_user" and not has_users) or (name == "w_seen" and not (has_users or live)):
                 continue
             for v in values:
                 if getattr(best, name) == v:
                     continue
                 cand = BlendParams(**{**best.to_dict(), name: v})
-                score = map_at_5(model.with_params(cand), holdout)
+                score = score_of(model.with_params(cand), holdout)
                 evaluated += 1
                 if score > best_score + 1e-6:
                     best, best_score, improved = cand, score, True
@@ -310,6 +358,7 @@ def tune(
         "map5_default": round(default, 4),
         "map5_tuned": round(best_score, 4),
         "configs_evaluated": evaluated,
+        "protocol": "live replay" if live else "static",
     }
     return best, report
 
@@ -325,9 +374,13 @@ def fit_tuned(
     tune_weights: bool | None = None,
     progress: Callable[[str], None] | None = None,
     threads: int = 0,
+    live: bool | None = None,
 ) -> tuple[CFModel, dict[str, Any]]:
-    """Tune blend weights on the newest 10% (model fitted on the rest), then refit on all."""
+    """Tune blend weights on the newest 10% (model fitted on the rest), then refit on all.
+    ``live`` (default: the ``cf_live`` setting) tunes them the way a live server uses them: the
+    hold-out replayed in time order with its earlier events counted live."""
     tune_weights = settings.cf_tune if tune_weights is None else tune_weights
+    live = settings.cf_live if live is None else live
     report: dict[str, Any] = {}
     params = BlendParams(fuzzy_min_score=settings.cf_fuzzy_min_score)
     n_query = sum(1 for q in log.query if q)
@@ -346,7 +399,7 @@ def fit_tuned(
                 progress=progress,
                 threads=threads,
             )
-            params, report = tune(probe, tail, progress=progress)
+            params, report = tune(probe, tail, progress=progress, live=live)
             report["seconds"] = round(time.perf_counter() - t, 2)
     model = fit_model(
         log,

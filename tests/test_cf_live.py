@@ -1,0 +1,153 @@
+"""Live CF counts (indexer.cf.live): events stored after training count at query time as a refit
+would count them in the click graph, the prior and the trend; a shopper's fresh clicks feed the
+seen-item term; a text no trained query knows gets its own live clicks; the serving source
+follows the event log without a retrain; the replay protocol never scores an event with its own
+click counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.cf import BlendParams, fit_model, publish
+from indexer.cf.live import LiveClicks
+from indexer.cf.train import replay_ap, replay_map_at_5
+from indexer.interactions import Event, EventLog, EventStore
+from indexer.items import ItemTable
+from indexer.product import Product
+from retriever.cf import CFSource
+from shopsearch.settings import load_settings
+
+DAY = 86_400.0
+T0 = 1_700_000_000.0
+PLAIN = BlendParams(w_als=0.0, w_pmi=0.0, w_user=0.0, kappa_tok=0.0, w_trend=0.0)
+RECENT = BlendParams(**{**PLAIN.to_dict(), "gamma": 0.9})  # the newest clicks weigh most
+
+
+def _old() -> list[Event]:
+    """Two weeks of 'racing game' clicks, mostly on 'forza'; a 'lamp' query for another group."""
+    ev = []
+    for d in range(14):
+        t = T0 + d * DAY
+        ev += [Event("forza", "click", t + k, user_id=f"a{d}{k}", query="racing game") for k in range(4)]
+        ev.append(Event("gran-turismo", "click", t + 60, user_id=f"b{d}", query="racing game"))
+        ev.append(Event("lamp", "purchase", t + 90, user_id=f"c{d}", query="desk lamp"))
+    ev.append(Event("crew", "click", T0, user_id="z", query="open world"))  # known item, one click
+    return ev
+
+
+def _new() -> list[Event]:
+    """Two days later: a new release takes the 'racing game' clicks, one shopper clicks twice."""
+    t = T0 + 15 * DAY
+    ev = [Event("crew", "click", t + k * 600, user_id=f"n{k}", query="racing game") for k in range(12)]
+    ev.append(Event("gran-turismo", "click", t + 9000, user_id="fan", query="Racing  Game"))
+    ev.append(Event("crew", "add_to_cart", t + 9100, user_id="fan", query="racing game"))
+    return ev
+
+
+def _log(events: list[Event]) -> EventLog:
+    return EventLog.from_events(events)
+
+
+def test_live_counts_read_like_a_refit_of_the_click_graph_prior_and_trend():
+    settings = load_settings(cf_position_bias_eta=0.0)
+    model = fit_model(_log(_old()), settings, params=PLAIN, threads=1)
+    refit = fit_model(_log(_old() + _new()), settings, params=PLAIN, threads=1)
+    live = LiveClicks(model)
+    assert live.add(_log(_new())) == len(_new()) and len(live) == len(_new())
+    g, g2 = model.vocab.exact("racing game"), refit.vocab.exact("racing game")
+    for alpha, gamma in ((0.0, 0.0), (0.0, 1.0), (1.0, 0.5)):
+        items, p, rest = model.graph.distribution(g, alpha, gamma, live=live.group(g), prior=live.prior())
+        items2, p2, rest2 = refit.graph.distribution(g2, alpha, gamma)
+        mine = {model.item_ids[i]: v for i, v in zip(items, p, strict=True)}
+        theirs = {refit.item_ids[i]: v for i, v in zip(items2, p2, strict=True)}
+        assert mine.keys() == theirs.keys()
+        np.testing.assert_allclose([mine[k] for k in theirs], list(theirs.values()), rtol=1e-3)
+        assert rest == pytest.approx(rest2, rel=1e-3, abs=1e-12)
+    # prior (up to the floor every item gets) and trend: item order as the refit's
+    order = [refit.item_index[x] for x in model.item_ids]
+    np.testing.assert_allclose(live.prior(), refit.graph.prior[order], rtol=0.02)
+    np.testing.assert_allclose(live.trend(), refit.item_trend[order], rtol=1e-6, atol=1e-9)
+    # the served scores follow: with weight on recent clicks the new release leads 'racing game'
+    # without a retrain, in the refit's order
+    model, refit = model.with_params(RECENT), refit.with_params(RECENT)
+    assert model.item_ids[model.score_query("racing game", 1).items[0]] == "forza"
+    top = model.score_query("racing game", 3, live=live)
+    assert model.item_ids[top.items[0]] == "crew"
+    assert [model.item_ids[i] for i in top.items] == [
+        refit.item_ids[i] for i in refit.score_query("racing game", 3).items
+    ]
+    info = live.info()
+    assert info["events"] == len(_new()) and info["users"] == 13 and info["new_queries"] == 0
+
+
+def test_live_seen_items_and_queries_no_trained_group_knows():
+    settings = load_settings(cf_position_bias_eta=0.0)
+    model = fit_model(_log(_old()), settings, params=RECENT, threads=1)
+    live = LiveClicks(model)
+    live.add(_log(_new()))
+    seen = model.with_params(BlendParams(**{**RECENT.to_dict(), "w_seen": -5.0}))
+    # 'fan' clicked gran-turismo and carted crew after training: both demoted for 'fan' alone
+    mine = [seen.item_ids[i] for i in seen.score_query("racing game", 3, user="fan", live=live).items]
+    theirs = [seen.item_ids[i] for i in seen.score_query("racing game", 3, user="other", live=live).items]
+    assert mine[0] == "forza" and theirs[0] == "crew"
+    items, weights = live.seen("fan")
+    assert sorted(seen.item_ids[i] for i in items) == ["crew", "gran-turismo"] and weights.max() == 3.0
+    # a query nobody typed before training: unknown to the model, then its own live clicks lead
+    assert model.score_query("drift king", 3, live=live).items.tolist() == []
+    t = T0 + 16 * DAY
+    typed = [
+        Event("gran-turismo", "click", t, query="Drift King"),
+        Event("gran-turismo", "click", t + 5, query="king drift"),
+    ]
+    live.add(_log(typed))
+    got = model.score_query("drift  KING", 3, live=live, explain=True)
+    assert got.match == "live" and model.item_ids[got.items[0]] == "gran-turismo"
+    assert live.info()["new_queries"] == 1
+    # clicks on items the model has never seen wait for the next training, counted as skipped
+    live.add(_log([Event("brand-new", "click", t + 10, query="racing game")]))
+    assert live.info()["skipped"] == 1
+    assert model.item_ids[model.score_query("racing game", 1, live=live).items[0]] == "crew"
+
+
+def test_replay_scores_each_event_before_its_own_click_is_counted():
+    settings = load_settings(cf_position_bias_eta=0.0)
+    model = fit_model(_log(_old()), settings, params=PLAIN, threads=1)
+    t = T0 + 20 * DAY
+    later = _log([Event("lamp", "click", t + k, user_id=f"q{k}", query="brand new words") for k in range(3)])
+    ap = replay_ap(model, later)
+    # the first event knows nothing of the query; the next ones have the earlier clicks
+    assert ap.tolist() == [0.0, 1.0, 1.0]
+    assert replay_map_at_5(model, later) == pytest.approx(2 / 3)
+    # the model itself is untouched by a replay
+    assert model.score_query("brand new words", 1).items.tolist() == []
+
+
+def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
+    settings = load_settings(cf_position_bias_eta=0.0, hash_user_ids=False)
+    table = ItemTable()
+    for pid in ("forza", "gran-turismo", "lamp", "crew"):
+        table.append(Product(id=pid, title=pid))
+    with EventStore(tmp_path, settings) as store:
+        store.append(_old())
+        model = fit_model(store.read(), settings, params=RECENT, threads=1)
+    publish(model, tmp_path)
+    source = CFSource(tmp_path, settings, reload_interval=0.0)
+    frozen = CFSource(tmp_path, settings.model_copy(update={"cf_live": False}), reload_interval=0.0)
+    first = source.candidates("racing game", 3, table, table.mask())
+    assert first is not None and table.rows[first.hits[0][0]].id == "forza"
+    assert source.info()["live"]["events"] == 0  # the trained events are not counted twice
+    with EventStore(tmp_path, settings) as store:
+        store.append(_new())
+    hits = source.candidates("racing game", 3, table, table.mask(), explain=True)
+    assert hits is not None and table.rows[hits.hits[0][0]].id == "crew"
+    assert source.info()["live"]["events"] == len(_new())
+    assert table.rows[frozen.candidates("racing game", 3, table, table.mask()).hits[0][0]].id == "forza"
+    assert frozen.info()["live"] is None
+    # a new source (a restarted server) catches up from the log before its first answer
+    again = CFSource(tmp_path, settings, reload_interval=0.0)
+    assert table.rows[again.candidates("racing game", 1, table, table.mask()).hits[0][0]].id == "crew"
+    # a broken log leaves the trained model serving
+    (tmp_path / "events" / "events.sqlite").write_bytes(b"not a database")
+    broken = CFSource(tmp_path, settings, reload_interval=0.0)
+    assert table.rows[broken.candidates("racing game", 1, table, table.mask()).hits[0][0]].id == "forza"

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -647,3 +648,21 @@ def test_events_train_reload_search_and_similar_end_to_end(api_index):
         cold = client.get("/items/mug-cold/similar", params={"k": 3}).json()["results"]
         assert cold and sum(_kind(x["id"]) == "mug" for x in cold) >= 2, cold
         assert client.get("/items/nope/similar").status_code == 404
+        # clicks stored after training count without a retrain (cf_live): a query nobody typed
+        # before training ranks the item its new clicks went to, once the source has followed the
+        # log (it looks at most once a second)
+        late = [
+            {"user_id": f"late{k}", "query": "Espresso Cup", "item_id": "mug-white", "event": "click"}
+            for k in range(3)
+        ]
+        assert client.post("/events", json={"events": late}).json()["accepted"] == 3
+        live_top = None
+        for _ in range(50):
+            res = client.post("/search", json={"query": "espresso cup", "explain": True}).json()
+            live = [x for x in res["results"] if x["explain"].get("cf_detail", {}).get("match") == "live"]
+            if live:
+                live_top = min(live, key=lambda x: x["explain"]["cf"]["rank"])["id"]
+                break
+            time.sleep(0.1)
+        assert live_top == "mug-white"
+        assert client.get("/info").json()["cf"]["live"]["events"] == 3

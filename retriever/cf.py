@@ -43,7 +43,7 @@ class _Loaded:
     generation: str
     model: CFModel
     # (id(table), table.n_rows) -> CF item number -> row (-1 = not in the catalog)
-    rows_key: tuple[int, int] | None = None
+    rows_key: tuple[int, int, int] | None = None
     rows: np.ndarray | None = None
     live: LiveClicks | None = None  # events stored since training (None: cf_live off)
 
@@ -140,12 +140,14 @@ class CFSource:
 
     # ----------------------------------------------------------------- mapping
     def _rows(self, loaded: _Loaded, table: ItemTable) -> np.ndarray:
-        key = (id(table), table.n_rows)
+        """Catalog row of each CF item number (-1: not in the catalog), items first seen live
+        after the trained ones."""
+        new = loaded.live.new_ids() if loaded.live is not None else []
+        key = (id(table), table.n_rows, len(new))
         if loaded.rows_key != key or loaded.rows is None:
             get = table.id_to_row.get
-            loaded.rows = np.fromiter(
-                (get(i, -1) for i in loaded.model.item_ids), dtype=np.int64, count=loaded.model.n_items
-            )
+            ids = [*loaded.model.item_ids, *new]
+            loaded.rows = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
             loaded.rows_key = key
         return loaded.rows
 
@@ -188,7 +190,10 @@ class CFSource:
         allowed = self._allowed(rows, mask)
         user = self.user_key(user_id) if user_id else None
         scored = model.score_query(text, n, user=user, allowed=allowed, explain=explain, live=loaded.live)
-        hits = [(int(rows[i]), float(s)) for i, s in zip(scored.items, scored.scores, strict=True)]
+        # an item a concurrent live update added after ``rows`` was read is left for the next query
+        keep = scored.items < len(rows)
+        items, scores = scored.items[keep], scored.scores[keep]
+        hits = [(int(rows[i]), float(s)) for i, s in zip(items, scores, strict=True)]
         details: dict[int, dict[str, Any]] = {}
         if explain and len(scored.items):
             p = scored.parts
@@ -196,7 +201,7 @@ class CFSource:
             # the token-level click model took part: as the whole click term of an unmatched query,
             # or as the smoothing prior of a matched one
             tokens_used = scored.match == "tokens" or (scored.match is not None and bp.kappa_tok > 0)
-            for k, (row, _s) in enumerate(hits):
+            for k, (row, _s) in zip(np.flatnonzero(keep).tolist(), hits, strict=True):
                 details[row] = {
                     "match": scored.match,
                     "match_score": round(scored.match_score, 3),

@@ -64,6 +64,15 @@ def test_live_counts_read_like_a_refit_of_the_click_graph_prior_and_trend():
         assert mine.keys() == theirs.keys()
         np.testing.assert_allclose([mine[k] for k in theirs], list(theirs.values()), rtol=1e-3)
         assert rest == pytest.approx(rest2, rel=1e-3, abs=1e-12)
+    # the token model pools the live clicks of each query word as the refit's does
+    for text in ("racing game", "game lamp", "desk racing"):
+        mine_t = model.tokens.distribution(text, live.token_rows(text), live.scales()[0])
+        theirs_t = refit.tokens.distribution(text)
+        got_t = {model.item_ids[i]: v for i, v in zip(mine_t.items, mine_t.p, strict=True)}
+        want_t = {refit.item_ids[i]: v for i, v in zip(theirs_t.items, theirs_t.p, strict=True)}
+        assert got_t.keys() == want_t.keys()
+        np.testing.assert_allclose([got_t[k] for k in want_t], list(want_t.values()), rtol=1e-9)
+        assert mine_t.rest == pytest.approx(theirs_t.rest, rel=1e-9)
     # prior (up to the floor every item gets) and trend: item order as the refit's
     order = [refit.item_index[x] for x in model.item_ids]
     np.testing.assert_allclose(live.prior(), refit.graph.prior[order], rtol=0.02)
@@ -104,10 +113,25 @@ def test_live_seen_items_and_queries_no_trained_group_knows():
     got = model.score_query("drift  KING", 3, live=live, explain=True)
     assert got.match == "live" and model.item_ids[got.items[0]] == "gran-turismo"
     assert live.info()["new_queries"] == 1
-    # clicks on items the model has never seen wait for the next training, counted as skipped
-    live.add(_log([Event("brand-new", "click", t + 10, query="racing game")]))
+    # a new query sharing a word only live clicks know is answered by the token model
+    words = model.with_params(BlendParams(**{**RECENT.to_dict(), "token_fallback": True}))
+    got = words.score_query("drift cars", 3, live=live, explain=True)
+    assert got.match == "tokens" and model.item_ids[got.items[0]] == "gran-turismo"
+    assert words.score_query("drift cars", 3).items.tolist() == []  # without the live clicks
+    # an item the model has never seen joins with its first click (next CF number, no factors);
+    # a launch that takes a query's clicks leads it without a retrain
+    new = model.n_items
+    live.add(_log([Event("brand-new", "click", t + 10 + k, query="racing game") for k in range(30)]))
+    assert live.info()["new_items"] == 1 and live.index_of("brand-new") == new
+    assert live.item_id(new) == "brand-new" and live.n_items == model.n_items + 1
+    got = model.score_query("racing game", 3, live=live, explain=True)
+    assert got.items[0] == new and got.parts["interactions"][0] == 30.0 and got.parts["als"][0] == 0.0
+    assert len(live.prior()) == len(live.trend()) == model.n_items + 1 and live.trend()[new] > 0
+    masked = np.ones(model.n_items, dtype=bool)  # a mask read before the item joined allows none of it
+    assert new not in model.score_query("racing game", 3, live=live, allowed=masked).items.tolist()
+    # events of a kind the model's weights do not know weigh nothing: counted as skipped
+    live.add(_log([Event("crew", "wishlist", t + 99, query="racing game")]))
     assert live.info()["skipped"] == 1
-    assert model.item_ids[model.score_query("racing game", 1, live=live).items[0]] == "crew"
 
 
 def test_replay_scores_each_event_before_its_own_click_is_counted():
@@ -147,6 +171,18 @@ def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
     # a new source (a restarted server) catches up from the log before its first answer
     again = CFSource(tmp_path, settings, reload_interval=0.0)
     assert table.rows[again.candidates("racing game", 1, table, table.mask()).hits[0][0]].id == "crew"
+    # a catalog item first clicked after training is served from its live clicks alone
+    table.append(Product(id="launch", title="launch"))
+    with EventStore(tmp_path, settings) as store:
+        store.append([Event("launch", "purchase", T0 + 16 * DAY + k, query="racing game") for k in range(20)])
+    hits = source.candidates("racing game", 3, table, table.mask(), explain=True)
+    assert hits is not None and table.rows[hits.hits[0][0]].id == "launch"
+    assert hits.details[hits.hits[0][0]]["interactions"] == 100.0
+    mask = table.mask()
+    mask[table.id_to_row["launch"]] = False  # filters and deletions apply to it like to any item
+    assert "launch" not in [
+        table.rows[r].id for r, _ in source.candidates("racing game", 3, table, mask).hits
+    ]
     # a broken log leaves the trained model serving
     (tmp_path / "events" / "events.sqlite").write_bytes(b"not a database")
     broken = CFSource(tmp_path, settings, reload_interval=0.0)

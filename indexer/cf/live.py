@@ -9,14 +9,16 @@ adds each newer event to them as soon as it is stored:
 * per query: the weighted clicks on each item, pooled by the model's own query groups; a text no
   group knows starts a live group of its own, pooled by the same normalised keys;
 * per item: its recent clicks, which move the popularity prior;
-* per user: the items engaged with, for the learned seen-item term (``w_seen``).
+* per user: the items engaged with, for the learned seen-item term (``w_seen``);
+* per query word: the clicks the token model pools (for queries no known query matches).
 
 Each event weighs what the trainer would give it (event type, position correction, time decay).
 Counts are kept in the units of the model's newest training event and scaled at query time to
 the newest event known, as a refit would measure them, so a query reads the distribution a refit
-on the same events would give its click graph. Factors, PMI, the token model and the item trend
-stay as trained until the next ``train-cf``; clicks on items the model has never seen wait for
-it too (counted in ``skipped``).
+on the same events would give its click graph. Factors and PMI stay as trained
+until the next ``train-cf``. An item the model has never seen (a product launched or first
+clicked after training) joins with its first click: it takes the next CF item number
+(``model.n_items + j``, see ``item_id``), with live counts and no factors.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.cf.graph import DAY, PRIOR_FLOOR, event_weights, trend_from_totals
-from indexer.cf.queries import compact_key, query_key
+from indexer.cf.queries import compact_key, query_key, tokens
 
 if TYPE_CHECKING:
     from indexer.cf.model import CFModel
@@ -93,14 +95,18 @@ class LiveClicks:
             prior_mass = float(model.graph.total_recent.sum()) * (1.0 + PRIOR_FLOOR)
         self.prior_mass = max(float(prior_mass), 1e-12)
         self.events = 0
-        self.skipped = 0  # events on items the model does not know, or of unknown kinds
+        self.skipped = 0  # events of kinds that weigh nothing
         self._lock = threading.Lock()
         self._groups: dict[int, dict[int, list[float]]] = {}  # group -> item -> [all, recent]
         self._own: dict[str, int] = {}  # query_key / compact key of a query no group knows -> live group
         self._own_groups: list[dict[int, list[float]]] = []
+        self._new_ids: list[str] = []  # items first seen live: CF numbers n_items, n_items + 1, ...
+        self._new_index: dict[str, int] = {}
         self._item_all = np.zeros(model.n_items)
         self._item_recent = np.zeros(model.n_items)
+        self._item_events = np.zeros(model.n_items)  # base weights (type x position), for explain
         self._users: dict[str, dict[int, float]] = {}
+        self._tokens: dict[str, dict[int, float]] = {}  # query word -> item -> clicks (whole history)
         self._cache: dict[tuple[str, int], LiveEdges] = {}
         self._prior: np.ndarray | None = None
         self._trend: np.ndarray | None = None
@@ -118,16 +124,21 @@ class LiveClicks:
         added = 0
         with self._lock:
             for k in range(len(log)):
-                i = index.get(log.item[k])
                 w = float(base[k])
-                if i is None or w <= 0:
+                if w <= 0:
                     self.skipped += 1
                     continue
+                i = index.get(log.item[k])
+                if i is None:
+                    i = self._new_item(log.item[k])
                 t = float(log.ts[k])
                 wa = w * self._grow(t, self.half_life_all)
                 wr = w * self._grow(t, self.half_life_recent)
                 q = log.query[k]
                 if q:
+                    for word in dict.fromkeys(tokens(q)):
+                        row = self._tokens.setdefault(word, {})
+                        row[i] = row.get(i, 0.0) + wa
                     edges = self._edges_for(q)
                     if edges is not None:
                         cell = edges.setdefault(i, [0.0, 0.0])
@@ -135,6 +146,7 @@ class LiveClicks:
                         cell[1] += wr
                 self._item_all[i] += wa
                 self._item_recent[i] += wr
+                self._item_events[i] += w
                 u = log.user[k]
                 if u is not None:
                     seen = self._users.setdefault(u, {})
@@ -147,6 +159,41 @@ class LiveClicks:
             self._prior = None
             self._trend = None
         return added
+
+    def _new_item(self, item_id: str) -> int:
+        i = self._new_index.get(item_id)
+        if i is None:
+            i = self.model.n_items + len(self._new_ids)
+            self._new_ids.append(item_id)
+            self._new_index[item_id] = i
+            self._item_all = np.append(self._item_all, 0.0)
+            self._item_recent = np.append(self._item_recent, 0.0)
+            self._item_events = np.append(self._item_events, 0.0)
+        return i
+
+    @property
+    def n_items(self) -> int:
+        """Trained items plus the items first seen live."""
+        return self.model.n_items + len(self._new_ids)
+
+    def new_ids(self) -> list[str]:
+        """Ids of the items first seen live, in CF-number order (from ``model.n_items``)."""
+        with self._lock:
+            return list(self._new_ids)
+
+    def item_id(self, i: int) -> str:
+        n = self.model.n_items
+        return self.model.item_ids[i] if i < n else self._new_ids[i - n]
+
+    def index_of(self, item_id: str) -> int | None:
+        """CF number of an item, trained or first seen live (None: never seen)."""
+        i = self.model.item_index.get(item_id)
+        return i if i is not None else self._new_index.get(item_id)
+
+    def item_events(self) -> np.ndarray:
+        """Weighted events per item since training (trained and new items)."""
+        with self._lock:
+            return self._item_events.copy()
 
     def _grow(self, t: float, half_life: float) -> float:
         if half_life <= 0:
@@ -222,7 +269,8 @@ class LiveClicks:
         """The model's popularity prior with the live recent clicks added (sums to 1)."""
         with self._lock:
             if self._prior is None:
-                p = self.model.graph.prior * self.prior_mass + self._item_recent
+                p = self._item_recent.copy()
+                p[: self.model.n_items] += self.model.graph.prior * self.prior_mass
                 self._prior = p / p.sum()
             return self._prior
 
@@ -231,14 +279,32 @@ class LiveClicks:
         per-item totals it needs)."""
         act = self.model.item_activity
         if act is None:
-            return self.model.item_trend
+            trained = self.model.item_trend
+            if trained is None:
+                return None
+            return np.concatenate([trained, np.zeros(self.n_items - len(trained))])
         with self._lock:
             if self._trend is None:
                 s_all, s_rec = self.scales()
-                self._trend = trend_from_totals(
-                    (act[0] + self._item_all) * s_all, (act[1] + self._item_recent) * s_rec
-                )
+                a, r = self._item_all.copy(), self._item_recent.copy()
+                a[: self.model.n_items] += act[0]
+                r[: self.model.n_items] += act[1]
+                self._trend = trend_from_totals(a * s_all, r * s_rec)
             return self._trend
+
+    def token_rows(self, text: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Live clicks per word of ``text`` (items, whole-history weights in training-time units),
+        for the token model (``TokenModel.distribution``)."""
+        out = {}
+        with self._lock:
+            for word in dict.fromkeys(tokens(text)):
+                row = self._tokens.get(word)
+                if row:
+                    out[word] = (
+                        np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
+                        np.fromiter(row.values(), dtype=np.float64, count=len(row)),
+                    )
+        return out
 
     def seen(self, user: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(items sorted, summed base weights) the user engaged with since training, or None."""
@@ -256,6 +322,7 @@ class LiveClicks:
             return {
                 "events": self.events,
                 "skipped": self.skipped,
+                "new_items": len(self._new_ids),
                 "last_seq": self.last_seq,
                 "queries": len(self._groups) + len(self._own_groups),
                 "new_queries": len(self._own_groups),

@@ -207,7 +207,7 @@ class CFModel:
         ``live``: clicks stored since training (``indexer.cf.live``), counted as if refit."""
         p = self.params
         matches = self.match(text) if text else []
-        tok = self._token_distribution(text, bool(matches))
+        tok = self._token_distribution(text, bool(matches), live)
         fallback = not matches and tok is not None
         how, how_score = (matches[0][0].how, matches[0][0].score) if matches else (None, 0.0)
         if fallback and tok is not None:
@@ -256,21 +256,26 @@ class CFModel:
 
         cand = [listed_ids]
         expanded: tuple[np.ndarray, np.ndarray] | None = None
-        if p.w_pmi > 0 and len(listed_ids):
-            expanded = self.neighbours.step(listed_ids, listed_p / self._pmi_norms()[listed_ids])
+        trained = listed_ids < self.n_items  # items first seen live have no PMI neighbours yet
+        if p.w_pmi > 0 and trained.any():
+            t_ids = listed_ids[trained]
+            expanded = self.neighbours.step(t_ids, listed_p[trained] / self._pmi_norms()[t_ids])
             cand.append(expanded[0])
         k_ann = min(p.ann_candidates, self.n_items)
+        ann_allowed = allowed[: self.n_items] if allowed is not None else None
         if qf is not None and p.w_als > 0 and k_ann > 0:
-            cand.append(np.asarray(self._ann_ids(qf, k_ann, allowed), dtype=np.int64))
+            cand.append(np.asarray(self._ann_ids(qf, k_ann, ann_allowed), dtype=np.int64))
         uf = self.user_factors[u] if personal else None
         if uf is not None and k_ann > 0:
-            cand.append(np.asarray(self._ann_ids(uf, k_ann, allowed), dtype=np.int64))
+            cand.append(np.asarray(self._ann_ids(uf, k_ann, ann_allowed), dtype=np.int64))
         if seen_ids is not None and p.w_seen > 0:
             cand.append(seen_ids)
 
         ids = np.unique(np.concatenate(cand))
+        ids = ids[ids < len(gprior)]  # an item a concurrent live update added after the prior was read
         if allowed is not None and len(ids):
-            ids = ids[allowed[ids]]
+            # a mask shorter than the items (read before newer live items joined) allows none of them
+            ids = ids[_padded(allowed, len(gprior), False)[ids]]
         if len(ids) == 0:
             return ScoredItems(ids, np.zeros(0), how, how_score, personal)
         prior = gprior[ids]
@@ -282,7 +287,7 @@ class CFModel:
         else:
             graph_term = np.log(prior)
         score = graph_term.copy()
-        vecs = self.item_factors[ids]
+        vecs = _take(self.item_factors, ids)
         als_term = vecs @ qf if qf is not None else np.zeros(len(ids))
         if qf is not None and p.w_als > 0:
             score += p.w_als * als_term
@@ -310,7 +315,8 @@ class CFModel:
                 "trend": trend_term[order],
                 "seen": seen_term[order],
                 "tokens": tok_p,
-                "interactions": self.item_counts[top],
+                "interactions": _take(self.item_counts, top)
+                + (_take(live.item_events(), top) if live is not None else 0.0),
             }
         return ScoredItems(ids[order], score[order], how, how_score, personal, parts)
 
@@ -332,14 +338,20 @@ class CFModel:
         ids, inv = np.unique(np.concatenate([x[0] for x in parts]), return_inverse=True)
         return ids, np.bincount(inv, weights=np.concatenate([x[1] for x in parts]), minlength=len(ids))
 
-    def _token_distribution(self, text: str | None, matched: bool) -> TokenDistribution | None:
+    def _token_distribution(
+        self, text: str | None, matched: bool, live: LiveClicks | None = None
+    ) -> TokenDistribution | None:
         """The token-level distribution when it is used: as the whole graph term of an unmatched
         query (``token_fallback``) or as the smoothing prior of a matched one (``kappa_tok``)."""
         p = self.params
         if not text or self.tokens is None:
             return None
         if (matched and p.kappa_tok > 0) or (not matched and p.token_fallback):
-            return self.tokens.distribution(text)
+            if live is None:
+                return self.tokens.distribution(text)
+            return self.tokens.distribution(
+                text, live.token_rows(text), live.scales()[0], extra_items=live.n_items - self.n_items
+            )
         return None
 
     def _ann_ids(self, vec: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
@@ -501,6 +513,24 @@ def _with_own_clicks(
     den_r = own.total_recent * own.scale_recent + m
     out = (1 - gamma) * (clicks_a + m * base) / den_a + gamma * (clicks_r + m * base) / den_r
     return u, out, rest * ((1 - gamma) * m / den_a + gamma * m / den_r)
+
+
+def _padded(x: np.ndarray, n: int, fill: float | bool) -> np.ndarray:
+    """``x`` extended along its first axis to ``n`` rows with ``fill`` (items first seen live)."""
+    if len(x) >= n:
+        return x[:n]
+    pad = np.full((n - len(x), *x.shape[1:]), fill, dtype=x.dtype)
+    return np.concatenate([x, pad])
+
+
+def _take(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of ``x``; zeros for ids past its end (items first seen live: no factors)."""
+    if len(ids) == 0 or int(ids.max()) < len(x):
+        return x[ids]
+    out = np.zeros((len(ids), *x.shape[1:]), dtype=x.dtype)
+    known = ids < len(x)
+    out[known] = x[ids[known]]
+    return out
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:

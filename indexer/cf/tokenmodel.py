@@ -18,7 +18,8 @@ whole graph term of an unmatched query and as a smoothing prior of a matched one
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class TokenModel:
     total: np.ndarray  # float64 per token
     idf: np.ndarray  # float64 per token
     _index: dict[str, int] | None = None
+    _n_clicked: int | None = None  # items with a token click (the idf's numerator), when needed
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -58,26 +60,75 @@ class TokenModel:
             self._index = {t: k for k, t in enumerate(self.tokens)}
         return self._index
 
-    def distribution(self, text: str) -> TokenDistribution | None:
-        """p_tok(i | text); None when no token of ``text`` was ever clicked on."""
+    def distribution(
+        self,
+        text: str,
+        live: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        scale: float = 1.0,
+        extra_items: int = 0,
+    ) -> TokenDistribution | None:
+        """p_tok(i | text); None when no token of ``text`` was ever clicked on. ``live``: clicks
+        stored since training per token (items, weights; ``indexer.cf.live``), ``scale`` the factor
+        that brings all counts to the newest event's units, ``extra_items`` the items first clicked
+        since (they widen the idf)."""
         words = list(dict.fromkeys(tokens(text)))
         if not words:
             return None
+        if live is not None and any(w in live for w in words):
+            return self._with_live(words, live, scale, extra_items)
+        return self._plain(words, scale)
+
+    def _plain(self, words: list[str], scale: float = 1.0) -> TokenDistribution | None:
+        """The trained counts alone, times ``scale`` (BETA stays one click)."""
         index = self.index
         known = np.asarray([index[w] for w in words if w in index], dtype=np.int64)
         if len(known) == 0:
             return None
         share = self.idf[known] / self.idf[known].sum()
-        denom = self.total[known] + BETA
+        denom = self.total[known] * scale + BETA
         starts, ends = self.ptr[known], self.ptr[known + 1]
         lens = ends - starts
         idx = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
         items = self.item[idx].astype(np.int64)
-        contrib = self.weight[idx].astype(np.float64) * np.repeat(share / denom, lens)
+        contrib = self.weight[idx].astype(np.float64) * np.repeat(scale * share / denom, lens)
         uniq, inv = np.unique(items, return_inverse=True)
         p = np.bincount(inv, weights=contrib, minlength=len(uniq))
         rest = float((share * BETA / denom).sum())
         return TokenDistribution(uniq, p, rest, len(known) / len(words))
+
+    def _with_live(
+        self, words: list[str], live: Mapping[str, tuple[np.ndarray, np.ndarray]], scale: float, extra: int
+    ) -> TokenDistribution | None:
+        """The mixture with each token's trained and live clicks pooled, as a refit would count
+        them (a token only live events know joins it; the idf sees the pooled item counts)."""
+        index = self.index
+        if self._n_clicked is None:
+            self._n_clicked = max(len(np.unique(self.item)), 1)
+        n_clicked = self._n_clicked + extra
+        rows = []
+        for w in words:
+            k = index.get(w)
+            parts_i, parts_w = [], []
+            if k is not None:
+                parts_i.append(self.item[self.ptr[k] : self.ptr[k + 1]].astype(np.int64))
+                parts_w.append(self.weight[self.ptr[k] : self.ptr[k + 1]].astype(np.float64))
+            if w in live:
+                parts_i.append(live[w][0])
+                parts_w.append(live[w][1])
+            if not parts_i:
+                continue
+            items, inv = np.unique(np.concatenate(parts_i), return_inverse=True)
+            weights = np.bincount(inv, weights=np.concatenate(parts_w), minlength=len(items)) * scale
+            rows.append((items, weights, math.log(n_clicked / (1.0 + len(items))) + 1.0))
+        if not rows:
+            return None
+        idf = np.asarray([r[2] for r in rows])
+        share = idf / idf.sum()
+        denom = np.asarray([r[1].sum() for r in rows]) + BETA
+        items, inv = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
+        contrib = np.concatenate([r[1] * (sh / d) for r, sh, d in zip(rows, share, denom, strict=True)])
+        p = np.bincount(inv, weights=contrib, minlength=len(items))
+        return TokenDistribution(items, p, float((share * BETA / denom).sum()), len(rows) / len(words))
 
     # ----------------------------------------------------------------- files
     def save(self, folder: Path) -> None:

@@ -290,12 +290,11 @@ def replay_ap(model: CFModel, log: EventLog, *, fallback: bool = False) -> np.nd
     from indexer.cf.live import LiveClicks
 
     live = LiveClicks(model)
-    index = model.item_index
     out = np.zeros(len(log))
     for k in np.lexsort((log.seq, log.ts)):
         q = log.query[k]
         if q:
-            i = index.get(log.item[k])
+            i = live.index_of(log.item[k])  # None: an item nobody has clicked yet
             if i is not None:
                 ranked = model.score_query(q, 5, user=log.user[k], live=live).items.tolist()
                 if fallback and len(ranked) < 5:

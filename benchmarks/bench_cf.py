@@ -193,6 +193,9 @@ def latency(
     from indexer.product import Product
     from retriever.cf import CFSource
 
+    if live_events is not None:
+        # this index's event log holds only ``live_events``: all of them are newer than the model
+        model.manifest["last_seq"] = 0
     publish(model, index_dir)
     if live_events is not None:
         with EventStore(index_dir, settings) as store:
@@ -224,7 +227,11 @@ def latency(
         t = time.perf_counter()
         source.candidates(q, settings.cf_candidates, table, mask)
         times.append((time.perf_counter() - t) * 1000)
+    counted = (source.info().get("live") or {}).get("events", 0)
+    if live_events is not None and counted != len(live_events):
+        raise RuntimeError(f"the CF source counted {counted} of {len(live_events)} live events")
     return {
+        "live_events_counted": counted,
         "queries": len(measured),
         "p50_ms": pct(times, 50),
         "p90_ms": pct(times, 90),

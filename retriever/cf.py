@@ -6,9 +6,9 @@ a new generation is published: checked at most once per ``reload_interval`` seco
 through :meth:`CFSource.reload` (``POST /admin/reload``). With ``cf_live`` (the default) the events
 stored after the generation was trained are counted as they arrive (``indexer.cf.live``), polled
 from the event log on the same schedule, so a click counts within a second, not at the next
-``train-cf``. CF items are ids; the live item table
-maps them to rows, so the same boolean row mask as every other source (filters, deletions)
-applies, and an item deleted from the catalog never comes back through CF.
+``train-cf``. CF items are ids; the live item table maps them to rows, so the same boolean row
+mask as every other source (filters, deletions) applies, and an item deleted from the catalog
+never comes back through CF.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ adds each newer event to them as soon as it is stored:
 
 Each event weighs what the trainer would give it (event type, position correction, time decay).
 Counts are kept in the units of the model's newest training event and scaled at query time to
-the newest event known, as a refit would measure them, so a query reads the distribution a refit
-on the same events would give its click graph. Factors and PMI stay as trained
+the newest event known, as a refit would measure them, so a query reads the click graph, prior,
+trend and token model a refit on the same events would give it. Factors and PMI stay as trained
 until the next ``train-cf``. An item the model has never seen (a product launched or first
 clicked after training) joins with its first click: it takes the next CF item number
 (``model.n_items + j``, see ``item_id``), with live counts and no factors.

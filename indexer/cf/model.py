@@ -252,7 +252,7 @@ class CFModel:
         elif own is not None:  # nothing to lean on but the popularity prior
             rest = 1.0
         if own is not None:
-            listed_ids, listed_p, rest = _with_own_clicks(listed_ids, listed_p, rest, own, p.gamma)
+            listed_ids, listed_p, rest = _with_own_clicks(listed_ids, listed_p, rest, own, p.gamma, gprior)
 
         cand = [listed_ids]
         expanded: tuple[np.ndarray, np.ndarray] | None = None
@@ -499,7 +499,7 @@ class CFModel:
 
 
 def _with_own_clicks(
-    ids: np.ndarray, p: np.ndarray, rest: float, own: LiveEdges, gamma: float
+    ids: np.ndarray, p: np.ndarray, rest: float, own: LiveEdges, gamma: float, prior: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """A query's distribution (listed items + rest * prior) smoothed into the live clicks of its
     exact text, the way the graph smooths a group's clicks toward the prior: the model's guess
@@ -507,6 +507,8 @@ def _with_own_clicks(
     m = LIVE_QUERY_PSEUDO
     u = np.union1d(ids, own.items)
     base = _lookup(ids, p, u)
+    unlisted = ~np.isin(u, ids)
+    base[unlisted] = rest * prior[u[unlisted]]
     clicks_a = _lookup(own.items, own.all, u) * own.scale_all
     clicks_r = _lookup(own.items, own.recent, u) * own.scale_recent
     den_a = own.total_all * own.scale_all + m

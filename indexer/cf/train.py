@@ -485,7 +485,8 @@ def train_cf(
     tune_weights: bool | None = None,
     cold_start: bool = True,
 ) -> TrainReport:
-    """Train on every event stored in the index (or on ``log``) and publish a CF generation."""
+    """Train on every event stored in the index (or on ``log``, whose seq numbers must be the
+    store's: live counting picks up after the newest one) and publish a CF generation."""
     from indexer.interactions import EventStore
     from indexer.store import LiveIndex, current_generation
 

@@ -187,3 +187,26 @@ def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
     (tmp_path / "events" / "events.sqlite").write_bytes(b"not a database")
     broken = CFSource(tmp_path, settings, reload_interval=0.0)
     assert table.rows[broken.candidates("racing game", 1, table, table.mask()).hits[0][0]].id == "forza"
+
+
+def test_train_cf_tunes_weights_by_replaying_its_hold_out_live():
+    from indexer.cf import fit_tuned
+    from indexer.cf.train import TrainReport
+
+    settings = load_settings(cf_position_bias_eta=0.0)
+    events = []
+    for d in range(50):  # the rising item takes over a query during the newest days
+        t = T0 + d * DAY
+        events += [Event("forza", "click", t + k, user_id=f"a{d}{k}", query="racing game") for k in range(4)]
+        late = d >= 45
+        events += [
+            Event("crew" if late else "lamp", "click", t + 99 + k, user_id=f"b{d}{k}", query="racing game")
+            for k in range(6 if late else 1)
+        ]
+    log = _log(events)
+    model, report = fit_tuned(log, settings, threads=1)
+    assert report["protocol"] == "live replay" and report["map5_tuned"] >= report["map5_default"]
+    _, static = fit_tuned(log, settings.model_copy(update={"cf_live": False}), threads=1)
+    assert static["protocol"] == "static"
+    text = TrainReport(None, None, {**model.manifest["counts"]}, {}, 0.0, {}, report).summary()
+    assert "replayed live" in text

@@ -86,8 +86,9 @@ class TrainReport:
     def summary(self) -> str:
         c = self.counts
         h = self.holdout
+        how = ", replayed live" if h.get("protocol") == "live replay" else ""
         tuned = (
-            f"; hold-out MAP@5 {h['map5_default']:.3f} -> {h['map5_tuned']:.3f} ({h['events']} events)"
+            f"; hold-out MAP@5 {h['map5_default']:.3f} -> {h['map5_tuned']:.3f} ({h['events']} events{how})"
             if "map5_tuned" in h
             else ""
         )

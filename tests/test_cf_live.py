@@ -113,6 +113,13 @@ def test_live_seen_items_and_queries_no_trained_group_knows():
     got = model.score_query("drift  KING", 3, live=live, explain=True)
     assert got.match == "live" and model.item_ids[got.items[0]] == "gran-turismo"
     assert live.info()["new_queries"] == 1
+    # a misspelling (or word swap) of a text only live clicks know borrows them, as a misspelling
+    # of a trained query borrows its clicks
+    for typo in ("drfit king", "king drfit"):
+        near = model.score_query(typo, 3, live=live, explain=True)
+        assert near.match == "live" and 0.82 <= near.match_score < 1.0
+        assert model.item_ids[near.items[0]] == "gran-turismo"
+    assert model.score_query("garden hose", 3, live=live).items.tolist() == []  # nothing close
     # a new query sharing a word only live clicks know is answered by the token model
     words = model.with_params(BlendParams(**{**RECENT.to_dict(), "token_fallback": True}))
     got = words.score_query("drift cars", 3, live=live, explain=True)

@@ -7,7 +7,8 @@ favourites. The counts the click graph is made of are cheap to keep exact, so ``
 adds each newer event to them as soon as it is stored:
 
 * per query: the weighted clicks on each item, pooled by the model's own query groups; a text no
-  group knows starts a live group of its own, pooled by the same normalised keys;
+  group knows starts a live group of its own, pooled by the same normalised keys and found by
+  fuzzy matching as the trained queries are;
 * per item: its recent clicks, which move the popularity prior;
 * per user: the items engaged with, for the learned seen-item term (``w_seen``);
 * per query word: the clicks the token model pools (for queries no known query matches).
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Indel
 
 from indexer.cf.graph import DAY, PRIOR_FLOOR, event_weights, trend_from_totals
 from indexer.cf.queries import compact_key, query_key, tokens
@@ -100,6 +103,8 @@ class LiveClicks:
         self._groups: dict[int, dict[int, list[float]]] = {}  # group -> item -> [all, recent]
         self._own: dict[str, int] = {}  # query_key / compact key of a query no group knows -> live group
         self._own_groups: list[dict[int, list[float]]] = []
+        self._own_labels: list[str] = []  # per live group: its words, for fuzzy matching
+        self._own_sorted: list[str] = []  # the same words sorted (a word swap still matches)
         self._new_ids: list[str] = []  # items first seen live: CF numbers n_items, n_items + 1, ...
         self._new_index: dict[str, int] = {}
         self._item_all = np.zeros(model.n_items)
@@ -212,6 +217,9 @@ class LiveClicks:
         if own is None:
             own = len(self._own_groups)
             self._own_groups.append({})
+            words = tokens(text)
+            self._own_labels.append(" ".join(words))
+            self._own_sorted.append(" ".join(sorted(words)))
         for x in keys:
             self._own.setdefault(x, own)
         return self._own_groups[own]
@@ -238,6 +246,29 @@ class LiveClicks:
         if own is None:
             return None
         return self._read(("o", own), lambda: self._own_groups[own])
+
+    def fuzzy_group(self, text: str, min_score: float) -> tuple[LiveEdges, float] | None:
+        """The live group whose words are spelled closest to ``text`` (Indel ratio, plain or
+        word-sorted, as the trained vocabulary matches), with the ratio; None below ``min_score``."""
+        key = " ".join(tokens(text))
+        if not key:
+            return None
+        with self._lock:
+            labels, swapped_labels = list(self._own_labels), list(self._own_sorted)
+        if not labels:
+            return None
+        best = process.extractOne(key, labels, scorer=Indel.normalized_similarity, score_cutoff=min_score)
+        swapped = process.extractOne(
+            " ".join(sorted(key.split())),
+            swapped_labels,
+            scorer=Indel.normalized_similarity,
+            score_cutoff=min_score,
+        )
+        found = max((x for x in (best, swapped) if x is not None), key=lambda x: (x[1], -x[2]), default=None)
+        if found is None:
+            return None
+        edges = self._read(("o", found[2]), lambda: self._own_groups[found[2]])
+        return (edges, float(found[1])) if edges is not None else None
 
     def _read(self, key: tuple[str, int], get: Any) -> LiveEdges | None:
         with self._lock:

@@ -216,6 +216,10 @@ class CFModel:
         own = live.own_group(text) if live is not None and text and how != "exact" else None
         if own is not None:
             how, how_score = "live", 1.0
+        elif live is not None and text and how != "exact":  # a misspelling of such a text
+            near = live.fuzzy_group(text, p.fuzzy_min_score)
+            if near is not None and (how != "fuzzy" or near[1] > how_score):
+                own, how, how_score = near[0], "live", near[1]
         gprior = live.prior() if live is not None else self.graph.prior
         u = self.user_index.get(user) if user is not None else None
         personal = u is not None and p.w_user > 0

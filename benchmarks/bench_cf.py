@@ -9,7 +9,10 @@
    of the *training* part only. Broken down by query frequency and misspellings; ablations (each
    measured on the tuning part, i.e. a model fitted on the older 90% of the training part and
    scored on its newest 10%, and on the test part); ALS vs GMF; training time and memory;
-   CF-source latency. Plus an "online" protocol (retrain every day, or every ``--online-hours``,
+   CF-source latency. Live counting, the serving default (``live_protocol``: the model trained
+   once at the cut-off, the test part replayed in time order with every earlier test event
+   counted live; also with a nightly retrain). Plus an "online" protocol (retrain every day, or
+   every ``--online-hours``,
    on everything before that moment), a cross-fitted ceiling (the same model with half of the
    test period's clicks in hand, scored on the other half) and a split by the log's line order
    (interleaved in time, the kind of split the issue's anchors come from), reported separately.

@@ -191,7 +191,7 @@ def latency(
     """Time of the retriever's CF source (CFSource.candidates: match, score, mask, map to rows)
     over distinct real test queries, on a table holding the log's SKUs. ``live_events`` are
     stored in the index's event log first, so the source counts them live (``cf_live``)."""
-    from indexer.interactions import Event, EventStore
+    from indexer.interactions import EventStore
     from indexer.items import ItemTable
     from indexer.product import Product
     from retriever.cf import CFSource
@@ -202,20 +202,7 @@ def latency(
     publish(model, index_dir)
     if live_events is not None:
         with EventStore(index_dir, settings) as store:
-            store.append(
-                [
-                    Event(it, ev, float(ts), u, s, q)
-                    for it, ev, ts, u, s, q in zip(
-                        live_events.item,
-                        live_events.event,
-                        live_events.ts,
-                        live_events.user,
-                        live_events.session,
-                        live_events.query,
-                        strict=True,
-                    )
-                ]
-            )
+            store.append(live_events.to_events())
     table = ItemTable()
     for sku in model.item_ids:
         table.append(Product(id=sku, title=f"SKU {sku}"))

@@ -177,6 +177,22 @@ class EventLog:
             position=self.position[idx],
         )
 
+    def to_events(self) -> list[Event]:
+        """The rows as events again (e.g. to store a log read from a file)."""
+        return [
+            Event(i, e, float(t), u, s, q, int(p) or None)
+            for i, e, t, u, s, q, p in zip(
+                self.item,
+                self.event,
+                self.ts,
+                self.user,
+                self.session,
+                self.query,
+                self.position,
+                strict=True,
+            )
+        ]
+
     @classmethod
     def from_events(cls, events: Sequence[Event]) -> EventLog:
         return cls(

@@ -283,21 +283,7 @@ def test_cf_source_maps_rows_applies_mask_and_hot_reloads(tmp_path):
     first = source.info()["generation"]
     log = _log()
     extra = EventLog.from_events([Event("lamp", "click", 1_800_000_000.0, query="red mug")] * 80)
-    both = EventLog.from_events(
-        [
-            Event(i, e, t, u, s, q, int(p) or None)
-            for i, e, t, u, s, q, p in zip(
-                log.item + extra.item,
-                log.event + extra.event,
-                np.r_[log.ts, extra.ts],
-                log.user + extra.user,
-                log.session + extra.session,
-                log.query + extra.query,
-                np.r_[log.position, extra.position],
-                strict=True,
-            )
-        ]
-    )
+    both = EventLog.from_events(log.to_events() + extra.to_events())
     publish(fit_model(both, settings, threads=1), tmp_path)
     hits = source.candidates("red mug", 10, table, table.mask())  # picked up without a reload call
     assert source.info()["generation"] != first

@@ -182,8 +182,7 @@ def trend_from_totals(a: np.ndarray, r: np.ndarray, pseudo: float = TREND_PSEUDO
     if a.sum() <= 0:
         return np.zeros(len(a))
     expected = r.sum() * a / a.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(a > 0, np.log((r + pseudo) / (expected + pseudo)), 0.0)
+    return np.where(a > 0, np.log((r + pseudo) / (expected + pseudo)), 0.0)
 
 
 def build_query_graph(

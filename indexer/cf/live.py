@@ -45,6 +45,11 @@ LIVE_QUERY_PSEUDO = 2.0
 _MAX_EXP2 = 900.0  # counts are kept in training-time units; 2**900 is far from float64's limit
 
 
+def _keys(text: str, key: str) -> tuple[str, str, str]:
+    """The spellings a query group is known by (``QueryVocab.exact`` looks up the same three)."""
+    return key, compact_key(text), key.replace(" ", "")
+
+
 @dataclass(frozen=True)
 class LiveEdges:
     """One query's live counts as sorted arrays (training-time units) and the query-time scales."""
@@ -105,6 +110,7 @@ class LiveClicks:
         self._own_groups: list[dict[int, list[float]]] = []
         self._own_labels: list[str] = []  # per live group: its words, for fuzzy matching
         self._own_sorted: list[str] = []  # the same words sorted (a word swap still matches)
+        self._labels: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # snapshot of both
         self._new_ids: list[str] = []  # items first seen live: CF numbers n_items, n_items + 1, ...
         self._new_index: dict[str, int] = {}
         self._item_all = np.zeros(model.n_items)
@@ -212,7 +218,7 @@ class LiveClicks:
         k = query_key(text)
         if not k:
             return None
-        keys = (k, compact_key(text), k.replace(" ", ""))
+        keys = _keys(text, k)
         own = next((self._own[x] for x in keys if x in self._own), None)
         if own is None:
             own = len(self._own_groups)
@@ -220,6 +226,7 @@ class LiveClicks:
             words = tokens(text)
             self._own_labels.append(" ".join(words))
             self._own_sorted.append(" ".join(sorted(words)))
+            self._labels = None
         for x in keys:
             self._own.setdefault(x, own)
         return self._own_groups[own]
@@ -240,9 +247,7 @@ class LiveClicks:
         if not k:
             return None
         with self._lock:
-            own = next(
-                (self._own[x] for x in (k, compact_key(text), k.replace(" ", "")) if x in self._own), None
-            )
+            own = next((self._own[x] for x in _keys(text, k) if x in self._own), None)
         if own is None:
             return None
         return self._read(("o", own), lambda: self._own_groups[own])
@@ -254,7 +259,9 @@ class LiveClicks:
         if not key:
             return None
         with self._lock:
-            labels, swapped_labels = list(self._own_labels), list(self._own_sorted)
+            if self._labels is None:  # copied once per new live query, not once per search
+                self._labels = (tuple(self._own_labels), tuple(self._own_sorted))
+            labels, swapped_labels = self._labels
         if not labels:
             return None
         best = process.extractOne(key, labels, scorer=Indel.normalized_similarity, score_cutoff=min_score)

@@ -1,7 +1,7 @@
 """Full pipeline on Home Depot with cross-fitted fused features: fusion model + listwise re-ranker.
 
     python benchmarks/bench_crossfit.py [--base .bench/index] [--full .bench/fusion-hd/index]
-        [--work .bench/xfit] [--fused-weight 1.5] [--folds 2]
+        [--work .bench/xfit] [--fused-weight 1.5] [--folds 2] [--seed 0] [--d-model N --ff N]
 
 Why: the re-ranker reads the fused source (rank, score) as features. If the fusion model was
 trained on the same queries the re-ranker trains on, those features are better on the training
@@ -17,7 +17,8 @@ Test lists come from ``--full``: the index whose fusion model was trained on the
 (``bench_fusion.py``, word-gram channel off: the default), which is what serving would use. They are read from
 ``.bench/rerank-fused/cache`` when ``bench_reranker.py --index FULL --work .bench/rerank-fused``
 has built them (same settings), otherwise built here. The TEST half is never used for a choice.
-Results: WORK/results.json.
+Results: WORK/results.json. A rerun with the same WORK reuses the fold models and all lists and
+retrains only the re-rankers (``--seed``, ``--d-model``, ``--ff``: the seed and width studies).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--d-model", type=int, default=None, help="Re-ranker width (default: TrainConfig's).")
+    ap.add_argument("--ff", type=int, default=None, help="Re-ranker feed-forward width.")
     args = ap.parse_args()
 
     import torch
@@ -109,7 +112,12 @@ def main() -> None:
     val = lists.subset(lambda x: x.qid in val_qids)
     train = lists.subset(lambda x: x.qid not in val_qids)
     ns = argparse.Namespace(
-        epochs=args.epochs, seed=args.seed, threads=args.threads, skip_ablations=True, reuse=False
+        epochs=args.epochs,
+        seed=args.seed,
+        threads=args.threads,
+        skip_ablations=True,
+        reuse=False,
+        model_overrides={k: v for k, v in (("d_model", args.d_model), ("ff", args.ff)) if v is not None},
     )
     models = train_models(work, train, val, qrels, pieces, ns)
 

@@ -116,7 +116,9 @@ def train_models(
     from reranker.transformer import save_checkpoint
 
     out: dict[str, dict[str, Any]] = {}
-    base = dict(epochs=args.epochs, seed=args.seed, threads=args.threads)
+    base = dict(
+        epochs=args.epochs, seed=args.seed, threads=args.threads, **getattr(args, "model_overrides", {})
+    )
     variants: dict[str, dict[str, Any]] = {"transformer": {}}
     if not args.skip_ablations:
         variants.update(

@@ -172,9 +172,17 @@ def item_trend(
 ) -> np.ndarray:
     """log((recent clicks + c) / (clicks the whole-history share predicts + c)) per item; 0 when
     an item has no events (cold items neither rise nor fall)."""
-    a = np.bincount(item, weights=w_all, minlength=n_items).astype(np.float64)
-    r = np.bincount(item, weights=w_recent, minlength=n_items).astype(np.float64)
-    return trend_from_totals(a, r, pseudo)
+    return trend_from_totals(*item_activity(item, w_all, w_recent, n_items), pseudo)
+
+
+def item_activity(item: np.ndarray, w_all: np.ndarray, w_recent: np.ndarray, n_items: int) -> np.ndarray:
+    """(2, n_items): weighted clicks per item, whole history and recent (the trend's inputs)."""
+    return np.stack(
+        [
+            np.bincount(item, weights=w_all, minlength=n_items).astype(np.float64),
+            np.bincount(item, weights=w_recent, minlength=n_items).astype(np.float64),
+        ]
+    )
 
 
 def trend_from_totals(a: np.ndarray, r: np.ndarray, pseudo: float = TREND_PSEUDO) -> np.ndarray:

@@ -315,19 +315,19 @@ class LiveClicks:
     def trend(self) -> np.ndarray | None:
         """The item trend with the live clicks counted (the trained one when the model lacks the
         per-item totals it needs)."""
-        act = self.model.item_activity
-        if act is None:
-            trained = self.model.item_trend
-            if trained is None:
-                return None
-            return np.concatenate([trained, np.zeros(self.n_items - len(trained))])
+        act, trained = self.model.item_activity, self.model.item_trend
+        if act is None and trained is None:
+            return None
         with self._lock:
             if self._trend is None:
-                s_all, s_rec = self.scales()
-                a, r = self._item_all.copy(), self._item_recent.copy()
-                a[: self.model.n_items] += act[0]
-                r[: self.model.n_items] += act[1]
-                self._trend = trend_from_totals(a * s_all, r * s_rec)
+                if act is None:  # frozen, widened to the items first seen live
+                    self._trend = np.concatenate([trained, np.zeros(self.n_items - len(trained))])
+                else:
+                    s_all, s_rec = self.scales()
+                    a, r = self._item_all.copy(), self._item_recent.copy()
+                    a[: self.model.n_items] += act[0]
+                    r[: self.model.n_items] += act[1]
+                    self._trend = trend_from_totals(a * s_all, r * s_rec)
             return self._trend
 
     def token_rows(self, text: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -35,7 +35,7 @@ from indexer.cf.graph import QueryGraph
 from indexer.cf.live import LIVE_QUERY_PSEUDO, LiveClicks, LiveEdges
 from indexer.cf.pmi import ItemNeighbours
 from indexer.cf.queries import QueryMatch, QueryVocab
-from indexer.cf.tokenmodel import TokenDistribution, TokenModel
+from indexer.cf.tokenmodel import TokenDistribution, TokenModel, sum_by_id
 from indexer.vector import load_vector_index, make_vector_index
 from indexer.vector.base import VectorIndex
 from shopsearch.errors import IndexCorruptError
@@ -245,11 +245,10 @@ class CFModel:
                     live=live.group(m.group) if live is not None else None,
                     prior=gprior,
                 )
-                parts_i.append(np.asarray(items, dtype=np.int64))
+                parts_i.append(items)
                 parts_p.append(w * probs)
                 rest += w * r
-            listed_ids, inv = np.unique(np.concatenate(parts_i), return_inverse=True)
-            listed_p = np.bincount(inv, weights=np.concatenate(parts_p), minlength=len(listed_ids))
+            listed_ids, listed_p = sum_by_id(parts_i, parts_p)
             qf = sum(w * self.query_factors[m.group] for m, w in matches)
         elif fallback and tok is not None:
             listed_ids, listed_p, rest = tok.items, tok.p, tok.rest
@@ -339,8 +338,7 @@ class CFModel:
             return None, None
         if len(parts) == 1:
             return parts[0]
-        ids, inv = np.unique(np.concatenate([x[0] for x in parts]), return_inverse=True)
-        return ids, np.bincount(inv, weights=np.concatenate([x[1] for x in parts]), minlength=len(ids))
+        return sum_by_id([x[0] for x in parts], [x[1] for x in parts])
 
     def _token_distribution(
         self, text: str | None, matched: bool, live: LiveClicks | None = None

@@ -30,6 +30,13 @@ from indexer.cf.queries import tokens
 BETA = 1.0  # pseudo-clicks of the popularity prior in each token's distribution
 
 
+def sum_by_id(ids: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique ids, summed weights) of sparse vectors given as parallel (ids, weights) parts:
+    how every sparse item distribution of the CF models is pooled."""
+    uniq, inv = np.unique(np.concatenate(ids).astype(np.int64, copy=False), return_inverse=True)
+    return uniq, np.bincount(inv, weights=np.concatenate(weights), minlength=len(uniq))
+
+
 @dataclass
 class TokenDistribution:
     items: np.ndarray  # int64 items clicked under at least one of the query's tokens
@@ -91,8 +98,7 @@ class TokenModel:
         idx = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
         items = self.item[idx].astype(np.int64)
         contrib = self.weight[idx].astype(np.float64) * np.repeat(scale * share / denom, lens)
-        uniq, inv = np.unique(items, return_inverse=True)
-        p = np.bincount(inv, weights=contrib, minlength=len(uniq))
+        uniq, p = sum_by_id([items], [contrib])
         rest = float((share * BETA / denom).sum())
         return TokenDistribution(uniq, p, rest, len(known) / len(words))
 
@@ -117,17 +123,17 @@ class TokenModel:
                 parts_w.append(live[w][1])
             if not parts_i:
                 continue
-            items, inv = np.unique(np.concatenate(parts_i), return_inverse=True)
-            weights = np.bincount(inv, weights=np.concatenate(parts_w), minlength=len(items)) * scale
+            items, weights = sum_by_id(parts_i, parts_w)
+            weights *= scale
             rows.append((items, weights, math.log(n_clicked / (1.0 + len(items))) + 1.0))
         if not rows:
             return None
         idf = np.asarray([r[2] for r in rows])
         share = idf / idf.sum()
         denom = np.asarray([r[1].sum() for r in rows]) + BETA
-        items, inv = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
-        contrib = np.concatenate([r[1] * (sh / d) for r, sh, d in zip(rows, share, denom, strict=True)])
-        p = np.bincount(inv, weights=contrib, minlength=len(items))
+        items, p = sum_by_id(
+            [r[0] for r in rows], [r[1] * (sh / d) for r, sh, d in zip(rows, share, denom, strict=True)]
+        )
         return TokenDistribution(items, p, float((share * BETA / denom).sum()), len(rows) / len(words))
 
     # ----------------------------------------------------------------- files

@@ -32,7 +32,14 @@ import numpy as np
 
 from indexer.cf.coldstart import blend, fit_mapper
 from indexer.cf.factors import Factors, interaction_matrix, train_als, train_gmf
-from indexer.cf.graph import PRIOR_FLOOR, build_query_graph, decay, event_weights, item_trend
+from indexer.cf.graph import (
+    PRIOR_FLOOR,
+    build_query_graph,
+    decay,
+    event_weights,
+    item_activity,
+    trend_from_totals,
+)
 from indexer.cf.model import BlendParams, CFModel, UserHistory
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.queries import QueryVocab
@@ -140,13 +147,8 @@ def fit_model(
     w_all = base * decay(log.ts, settings.cf_half_life_days) if settings.cf_half_life_days > 0 else base
     w_recent = base * decay(log.ts, settings.cf_recent_half_life_days)
     graph = build_query_graph(group, item, w_all, w_recent, len(vocab), len(item_ids))
-    trend = item_trend(item, w_all, w_recent, len(item_ids))
-    activity = np.stack(
-        [
-            np.bincount(item, weights=w_all, minlength=len(item_ids)),
-            np.bincount(item, weights=w_recent, minlength=len(item_ids)),
-        ]
-    )
+    activity = item_activity(item, w_all, w_recent, len(item_ids))
+    trend = trend_from_totals(activity[0], activity[1])
     timings["graph"] = time.perf_counter() - t
 
     t = time.perf_counter()

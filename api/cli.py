@@ -446,6 +446,13 @@ def train_reranker_cmd(
     augment: Annotated[bool, typer.Option(help="Query perturbations, list crops, dropped features.")] = True,
     adversarial: Annotated[str, typer.Option(help="'fgm', 'pgd' or 'none'.")] = "fgm",
     cross_attention: Annotated[bool, typer.Option(help="Candidates attend to each other.")] = True,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Transformer: once validation has chosen the epochs, train again on training + "
+            "validation queries (about twice the training time)."
+        ),
+    ] = False,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: INDEX/models/reranker).")] = (
         None
@@ -472,6 +479,7 @@ def train_reranker_cmd(
         augment=augment,
         adversarial=adversarial,  # type: ignore[arg-type] - TrainConfig validates it
         cross_attention=cross_attention,
+        refit=refit,
         threads=threads,
     )
     run = train_reranker(

@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--d-model", type=int, default=None, help="Re-ranker width (default: TrainConfig's).")
     ap.add_argument("--ff", type=int, default=None, help="Re-ranker feed-forward width.")
+    ap.add_argument(
+        "--refit", action=argparse.BooleanOptionalAction, default=None, help="Refit on train + validation."
+    )
     args = ap.parse_args()
 
     import torch
@@ -117,7 +120,15 @@ def main() -> None:
         threads=args.threads,
         skip_ablations=True,
         reuse=False,
-        model_overrides={k: v for k, v in (("d_model", args.d_model), ("ff", args.ff)) if v is not None},
+        model_overrides={
+            k: v
+            for k, v in (
+                ("d_model", args.d_model),
+                ("ff", args.ff),
+                ("refit", args.refit),
+            )
+            if v is not None
+        },
     )
     models = train_models(work, train, val, qrels, pieces, ns)
 

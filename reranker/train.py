@@ -322,6 +322,8 @@ class TrainConfig:
     # the running average of the weights from epoch ``average_from`` on is a candidate for the kept
     # model beside each epoch's own (0: off); it smooths the epoch-to-epoch noise of selection
     average_from: int = 2
+    # after selection, train again on training + validation lists for the chosen epochs
+    refit: bool = False
     k: int = 10
     depth: int = 100
     threads: int = 1
@@ -542,27 +544,22 @@ def train_transformer(
     try:
         torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        return _train_transformer(train, val, qrels, cfg, piece_table, progress, on_epoch)
+        result = _train_transformer(train, val, qrels, cfg, piece_table, progress, on_epoch)
+        if cfg.refit and result.best_epoch:
+            both = ListSet(train.lists + val.lists, train.item_vectors, train.item_present, train.meta)
+            result = _refit(both, cfg, result, piece_table, progress)
+        return result
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train_transformer(
-    train: ListSet,
-    val: ListSet,
-    qrels: Mapping[str, Mapping[str, float]],
-    cfg: TrainConfig,
-    piece_table: np.ndarray | None,
-    progress: bool,
-    on_epoch: Callable[[int, dict[str, float]], None] | None,
-) -> TrainResult:
+def _new_model(train: ListSet, cfg: TrainConfig, piece_table: np.ndarray | None) -> Any:
+    """A freshly initialised model whose feature normalisation comes from ``train``'s clean lists."""
     import torch
 
     from reranker.transformer import ListwiseTransformer, ModelConfig
 
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
     channels = _channels(train)
     mcfg = ModelConfig(
         features=list(FEATURE_NAMES),
@@ -586,71 +583,108 @@ def _train_transformer(
     mean[constant], std[constant] = 0.0, 1e6
     model.feat_mean.copy_(torch.from_numpy(mean))
     model.feat_std.copy_(torch.from_numpy(np.maximum(std, 1e-3)))
-    batcher = Batcher(train, channels, piece_table)
-    val_batcher = Batcher(val, channels, piece_table)
-    val_lists = [x for x in val.lists if x.variant == "clean"]
-    by_qid: dict[str, list[QueryList]] = {}
-    for x in train.lists:
-        if (x.labels > 0).any():
-            by_qid.setdefault(x.qid, []).append(x)
-    qids = sorted(by_qid)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(qids) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
-    )
-    history: list[dict[str, float]] = []
-    best, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
-    avg_state: dict[str, Any] | None = None
-    n_avg = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = rng.permutation(len(qids))
-        losses = []
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, unit="batch"
+    return model
+
+
+class _Fit:
+    """One training run's moving parts: the model, its optimiser and schedule over ``cfg.epochs``,
+    the data sampler, and the running weight average. Selection and refit both drive it, so the
+    refit sees the very schedule and sampling the selection pass saw."""
+
+    def __init__(self, train: ListSet, cfg: TrainConfig, piece_table: np.ndarray | None) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = _new_model(train, cfg, piece_table)
+        self.channels = _channels(train)
+        self.batcher = Batcher(train, self.channels, piece_table)
+        self.by_qid: dict[str, list[QueryList]] = {}
+        for x in train.lists:
+            if (x.labels > 0).any():
+                self.by_qid.setdefault(x.qid, []).append(x)
+        self.qids = sorted(self.by_qid)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.qids) / cfg.batch_size)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=cfg.lr, total_steps=cfg.epochs * self.steps_per_epoch, pct_start=0.1
         )
+        self.avg_state: dict[str, Any] | None = None
+        self.n_avg = 0
+
+    def epoch(self, epoch: int, progress: bool) -> tuple[float, dict[str, Any]]:
+        """Train one epoch; returns the mean loss and a copy of the weights after it (the running
+        average is updated from ``cfg.average_from`` on)."""
+        import torch
+
+        cfg, rng = self.cfg, self.rng
+        self.model.train()
+        order = rng.permutation(len(self.qids))
+        losses = []
+        desc = f"epoch {epoch}/{cfg.epochs}"
+        bar = tqdm(range(self.steps_per_epoch), desc=desc, disable=not progress, unit="batch")
         for step in bar:
             chosen = []
             for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]:
-                variants = by_qid[qids[i]]
+                variants = self.by_qid[self.qids[i]]
                 clean = [x for x in variants if x.variant == "clean"]
                 pert = [x for x in variants if x.variant != "clean"]
                 if cfg.augment and pert and (not clean or rng.random() < cfg.perturbed_share):
                     chosen.append(pert[rng.integers(len(pert))])
                 else:
                     chosen.append((clean or variants)[0])
-            b = batcher.batch(chosen, rng if cfg.augment else None, cfg)
-            opt.zero_grad()
-            loss = _step_loss(model, b, cfg)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            b = self.batcher.batch(chosen, rng if cfg.augment else None, cfg)
+            self.opt.zero_grad()
+            loss = _step_loss(self.model, b, cfg)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
             losses.append(float(loss))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if cfg.average_from and epoch >= cfg.average_from:
+            self.n_avg += 1
+            if self.avg_state is None:
+                self.avg_state = {k: v.clone() for k, v in state.items()}
+            else:
+                for k, v in self.avg_state.items():
+                    if v.is_floating_point():
+                        v.mul_((self.n_avg - 1) / self.n_avg).add_(state[k] / self.n_avg)
+        return float(np.mean(losses)), state
+
+
+def _train_transformer(
+    train: ListSet,
+    val: ListSet,
+    qrels: Mapping[str, Mapping[str, float]],
+    cfg: TrainConfig,
+    piece_table: np.ndarray | None,
+    progress: bool,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    t0 = time.perf_counter()
+    fit = _Fit(train, cfg, piece_table)
+    model = fit.model
+    val_batcher = Batcher(val, fit.channels, piece_table)
+    val_lists = [x for x in val.lists if x.variant == "clean"]
+    history: list[dict[str, float]] = []
+    best, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        loss, state = fit.epoch(epoch, progress)
         heads = predict_heads(model, val_batcher, val_lists)
         mix, metrics, _ = choose_mix(heads, val_lists, qrels, cfg.k, cfg.depth)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         averaged = False
-        if cfg.average_from and epoch >= cfg.average_from:
-            n_avg += 1
-            if avg_state is None:
-                avg_state = {k: v.clone() for k, v in state.items()}
-            else:
-                for k, v in avg_state.items():
-                    if v.is_floating_point():
-                        v.mul_((n_avg - 1) / n_avg).add_(state[k] / n_avg)
-            if n_avg > 1:  # one epoch averaged is that epoch itself
-                model.load_state_dict(avg_state)
-                a_heads = predict_heads(model, val_batcher, val_lists)
-                a_mix, a_metrics, _ = choose_mix(a_heads, val_lists, qrels, cfg.k, cfg.depth)
-                model.load_state_dict(state)
-                key = f"ndcg@{cfg.k}_condensed"
-                if a_metrics[key] > metrics[key]:
-                    mix, metrics, averaged = a_mix, a_metrics, True
+        if fit.avg_state is not None and fit.n_avg > 1:  # one epoch averaged is that epoch itself
+            model.load_state_dict(fit.avg_state)
+            a_heads = predict_heads(model, val_batcher, val_lists)
+            a_mix, a_metrics, _ = choose_mix(a_heads, val_lists, qrels, cfg.k, cfg.depth)
+            model.load_state_dict(state)
+            key = f"ndcg@{cfg.k}_condensed"
+            if a_metrics[key] > metrics[key]:
+                mix, metrics, averaged = a_mix, a_metrics, True
         rec = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)),
+            "loss": loss,
             **metrics,
             "mix": mix,
             "averaged": float(averaged),
@@ -662,7 +696,7 @@ def _train_transformer(
         main = metrics[f"ndcg@{cfg.k}_condensed"]
         if main > best + 1e-5:
             best, best_epoch, bad_epochs = main, epoch, 0
-            best_state = {k: v.clone() for k, v in (avg_state if averaged else state).items()}
+            best_state = {k: v.clone() for k, v in (fit.avg_state if averaged else state).items()}
             best_state["mix"].fill_(mix)
         else:
             bad_epochs += 1
@@ -673,6 +707,28 @@ def _train_transformer(
     model.eval()
     best_rec = next(h for h in history if h["epoch"] == best_epoch) if history else {}
     return TrainResult(model, history, best_epoch, best_rec, time.perf_counter() - t0, cfg)
+
+
+def _refit(
+    both: ListSet, cfg: TrainConfig, chosen: TrainResult, piece_table: np.ndarray | None, progress: bool
+) -> TrainResult:
+    """Train again from the same seed on training + validation lists for the epochs the
+    selection pass chose, with its choice of weight averaging and head mix: the validation
+    queries become training data once they have picked the stopping point."""
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    fit = _Fit(both, cfg, piece_table)
+    state: dict[str, Any] = {}
+    for epoch in range(1, chosen.best_epoch + 1):
+        _, state = fit.epoch(epoch, progress)
+    if chosen.best_val.get("averaged") and fit.avg_state is not None:
+        state = fit.avg_state
+    fit.model.load_state_dict(state)
+    fit.model.mix.fill_(float(chosen.best_val.get("mix", 0.0)))
+    fit.model.eval()
+    best_val = {**chosen.best_val, "refit_epochs": chosen.best_epoch}
+    seconds = chosen.seconds + time.perf_counter() - t0
+    return TrainResult(fit.model, chosen.history, chosen.best_epoch, best_val, seconds, cfg)
 
 
 def _step_loss(model: Any, b: dict[str, Any], cfg: TrainConfig) -> Any:
@@ -847,6 +903,8 @@ def train_reranker(
                 progress=progress,
                 on_epoch=lambda e, r: log(f"epoch {e}: loss {r['loss']:.4f}, validation {_fmt(r)}"),
             )
+            if cfg.refit:
+                log(f"refit on training + validation queries for {result.best_epoch} epochs")
             from reranker.transformer import save_checkpoint
 
             meta = {

@@ -267,6 +267,31 @@ def test_weight_average_is_a_candidate_and_the_kept_model_matches_its_record():
     assert not any(h["averaged"] for h in off.history)
 
 
+def test_refit_trains_on_validation_too_with_the_selection_passes_choices():
+    from dataclasses import replace
+
+    train, val = _synthetic(96, 0), _synthetic(24, 1)
+    qrels = {**_qrels(train), **_qrels(val)}
+    cfg = TrainConfig(
+        epochs=4, batch_size=8, lr=5e-3, d_model=16, heads=2, ff=32, augment=False, adversarial="none",
+        patience=4, k=1, depth=12, average_from=2,
+    )  # fmt: skip
+    chosen = train_transformer(train, val, qrels, cfg, piece_table=None, progress=False)
+    refit = train_transformer(train, val, qrels, replace(cfg, refit=True), piece_table=None, progress=False)
+
+    # the selection pass is the same run: same epochs, same record
+    def untimed(h):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+
+    assert untimed(refit.history) == untimed(chosen.history) and refit.best_epoch == chosen.best_epoch
+    assert refit.best_val["refit_epochs"] == chosen.best_epoch
+    assert float(refit.model.mix) == pytest.approx(chosen.best_val["mix"])
+    # the refit model saw the validation lists: its normalisation is that of train + validation
+    both = np.concatenate([x.features for x in train.lists + val.lists])
+    np.testing.assert_allclose(refit.model.feat_mean.numpy(), both.mean(axis=0), atol=1e-5)
+    assert not np.allclose(chosen.model.feat_mean.numpy(), both.mean(axis=0), atol=1e-5)
+
+
 @pytest.mark.parametrize("adversarial", ["fgm", "pgd"])
 def test_training_is_deterministic_with_augmentation_and_adversarial_steps(adversarial):
     train, val = _synthetic(48, 0), _synthetic(12, 1)
@@ -380,7 +405,9 @@ def test_train_serve_hot_swap_and_lambdamart(sample_index, tmp_path):
     try:
         assert isinstance(pipe.reranker, LearnedReranker) and pipe.reranker.name == "none"
         before = pipe.search(SearchRequest(text="black hoodie", k=5))
-        cfg = TrainConfig(epochs=2, batch_size=4, d_model=16, heads=2, ff=32, val_fraction=0.3, patience=2)
+        cfg = TrainConfig(
+            epochs=2, batch_size=4, d_model=16, heads=2, ff=32, val_fraction=0.3, patience=2, refit=True
+        )
         run = train_reranker(
             folder,
             SAMPLE / "queries.tsv",
@@ -393,6 +420,7 @@ def test_train_serve_hot_swap_and_lambdamart(sample_index, tmp_path):
         ckpt = model_dir(folder)
         assert run.model_dir == ckpt and (ckpt / "model.safetensors").is_file()
         assert run.queries["train"] > 0 and run.queries["validation"] > 0
+        assert run.val["refit_epochs"] == run.best_epoch  # the served model is the refit one
         # the running pipeline picks the new checkpoint up by itself (background load, then swap)
         pipe.reranker._checked = 0.0
         pipe.search(SearchRequest(text="black hoodie", k=5))
@@ -481,7 +509,8 @@ def test_cli_train_reranker_options_and_bad_input(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["train-reranker", "--help"])
     assert res.exit_code == 0
-    for opt in ("--split-train-only", "--epochs", "--seed", "--model", "--adversarial", "--no-augment"):
+    opts = ("--split-train-only", "--epochs", "--seed", "--model", "--adversarial", "--no-augment", "--refit")
+    for opt in opts:
         assert opt in res.output
     res = runner.invoke(
         app,

@@ -625,7 +625,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # --- collaborative filtering: new clicks and generations are read off the query path
+        pipeline.retriever.cf.follow()
         yield
+        pipeline.retriever.cf.close()
         if event_store:  # --- collaborative filtering
             event_store.pop().close()
         if owned:

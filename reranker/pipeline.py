@@ -154,6 +154,7 @@ class SearchPipeline:
         return self.reranker.name
 
     def close(self) -> None:
+        self.retriever.cf.close()
         self.index.close()
 
 

@@ -6,13 +6,17 @@ a new generation is published: checked at most once per ``reload_interval`` seco
 through :meth:`CFSource.reload` (``POST /admin/reload``). With ``cf_live`` (the default) the events
 stored after the generation was trained are counted as they arrive (``indexer.cf.live``), polled
 from the event log on the same schedule, so a click counts within a second, not at the next
-``train-cf``. CF items are ids; the live item table maps them to rows, so the same boolean row
+``train-cf``. A serving process runs that polling on a background thread (:meth:`CFSource.follow`,
+started by the API): reading new events, and loading and catching up a new generation (every
+event since its training), then never holds up a query; without it, one query per interval does
+the polling. CF items are ids; the live item table maps them to rows, so the same boolean row
 mask as every other source (filters, deletions) applies, and an item deleted from the catalog
 never comes back through CF.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from indexer.interactions import EventTail, user_key_for
 from indexer.items import ItemTable
 from shopsearch.errors import IndexCorruptError, ItemNotFoundError
 from shopsearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +67,48 @@ class CFSource:
         self._checked = -np.inf
         self._salted_users: dict[str, str] = {}
         self._tail = EventTail(self.index_dir)
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()  # the follower has finished one look
+        self._looked = threading.Event()  # some thread has finished one look
+        self._follow_error: str | None = None
+
+    # ----------------------------------------------------------------- background follower
+    def follow(self) -> None:
+        """Poll for new generations and new events on a daemon thread every ``reload_interval``
+        (idempotent). Queries then read whatever it has loaded and never do the polling."""
+        if self._follower is not None and self._follower.is_alive():
+            return
+        self._stop.clear()
+        self._ready.clear()
+        self._follower = threading.Thread(target=self._follow_loop, name="cf-follower", daemon=True)
+        self._follower.start()
+
+    def _follow_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._refresh(force=True)
+                self._follow_error = None
+                self._ready.set()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad generation
+                if self._follow_error != str(exc):
+                    log.warning("CF follower: %s", exc)
+                self._follow_error = str(exc)
+            self._stop.wait(max(self.reload_interval, 0.05))
+
+    def _followed(self) -> bool:
+        """Whether queries may take the follower's state as is: it is running, has looked at least
+        once, and its last look did not fail (a failure is left to the query path to report)."""
+        f = self._follower
+        return f is not None and f.is_alive() and self._ready.is_set() and self._follow_error is None
+
+    def close(self) -> None:
+        """Stop the follower and close the event log reader."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=10.0)
+            self._follower = None
+        self._tail.close()
 
     # ----------------------------------------------------------------- loading
     def _current(self) -> tuple[int, str] | None:
@@ -73,32 +121,46 @@ class CFSource:
         return (st.st_mtime_ns, name) if name else None
 
     def _refresh(self, force: bool = False) -> _Loaded | None:
+        if not force and self._followed():
+            return self._loaded
         now = time.monotonic()
-        if not force and now - self._checked < self.reload_interval:
+        if not force and self._recent(now):
             return self._loaded
         with self._lock:
-            if not force and now - self._checked < self.reload_interval:
+            if not force and self._recent(now):  # another thread looked while this one waited
                 return self._loaded
-            self._checked = now
-            stamp = self._current()
-            if stamp is None:
-                self._loaded, self._stamp = None, None
-                return None
-            if stamp == self._stamp and self._loaded is not None:
-                self._follow(self._loaded)
-                return self._loaded
-            folder = self.index_dir / CF_DIR / stamp[1]
             try:
-                model = CFModel.load(folder)
-            except IndexCorruptError:
-                if self._loaded is not None:  # keep serving the previous model
-                    return self._loaded
-                raise
-            loaded = _Loaded(stamp[1], model, live=LiveClicks(model) if self.settings.cf_live else None)
-            self._follow(loaded)  # catch up before serving: no click since training is left out
-            self._loaded = loaded
-            self._stamp = stamp
+                return self._look(now)
+            finally:
+                self._looked.set()
+
+    def _recent(self, now: float) -> bool:
+        """Whether a look has finished and the last one started less than an interval ago (before
+        the first look finishes, a query waits for it rather than answer without the model)."""
+        return self._looked.is_set() and now - self._checked < self.reload_interval
+
+    def _look(self, now: float) -> _Loaded | None:
+        """Check CURRENT, load a new generation or follow the event log (under the lock)."""
+        self._checked = now
+        stamp = self._current()
+        if stamp is None:
+            self._loaded, self._stamp = None, None
+            return None
+        if stamp == self._stamp and self._loaded is not None:
+            self._follow(self._loaded)
             return self._loaded
+        folder = self.index_dir / CF_DIR / stamp[1]
+        try:
+            model = CFModel.load(folder)
+        except IndexCorruptError:
+            if self._loaded is not None:  # keep serving the previous model
+                return self._loaded
+            raise
+        loaded = _Loaded(stamp[1], model, live=LiveClicks(model) if self.settings.cf_live else None)
+        self._follow(loaded)  # catch up before serving: no click since training is left out
+        self._loaded = loaded
+        self._stamp = stamp
+        return self._loaded
 
     def _follow(self, loaded: _Loaded) -> None:
         """Count the events stored since the last look (a broken log leaves the counts as they were:

@@ -6,6 +6,9 @@ click counted."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -194,6 +197,62 @@ def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
     (tmp_path / "events" / "events.sqlite").write_bytes(b"not a database")
     broken = CFSource(tmp_path, settings, reload_interval=0.0)
     assert table.rows[broken.candidates("racing game", 1, table, table.mask()).hits[0][0]].id == "forza"
+
+
+def _until(check, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_background_follower_counts_clicks_and_swaps_generations_off_the_query_path(tmp_path):
+    settings = load_settings(cf_position_bias_eta=0.0, hash_user_ids=False)
+    table = ItemTable()
+    for pid in ("forza", "gran-turismo", "lamp", "crew"):
+        table.append(Product(id=pid, title=pid))
+    with EventStore(tmp_path, settings) as store:
+        store.append(_old())
+        model = fit_model(store.read(), settings, params=RECENT, threads=1)
+    first_gen, _ = publish(model, tmp_path)
+    source = CFSource(tmp_path, settings, reload_interval=0.05)
+    readers: list[str] = []
+    read = source._tail.read
+
+    def spy(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return read(*args, **kwargs)
+
+    source._tail.read = spy
+    source.follow()
+    try:
+        hits = source.candidates("racing game", 1, table, table.mask())
+        assert hits is not None and table.rows[hits.hits[0][0]].id == "forza"
+        assert source.info()["generation"] == first_gen
+        with EventStore(tmp_path, settings) as store:
+            store.append(_new())
+        # the clicks are counted with no query asking for them
+        assert _until(lambda: source._loaded.live.events == len(_new()))
+        top = source.candidates("racing game", 1, table, table.mask())
+        assert table.rows[top.hits[0][0]].id == "crew"
+        assert readers and set(readers) == {"cf-follower"}
+        # a new generation is loaded and caught up in the background, then swapped in
+        model2 = fit_model(_log(_old()), settings, params=PLAIN, threads=1)
+        second_gen, _ = publish(model2, tmp_path)
+        assert second_gen != first_gen
+        assert _until(lambda: source.info()["generation"] == second_gen)
+        assert source.info()["live"]["events"] == len(_new())  # every event since its training
+        assert set(readers) == {"cf-follower"}
+    finally:
+        source.close()
+    assert source._follower is None
+    # closed: queries poll for themselves again
+    n = len(readers)
+    source.reload_interval = 0.0
+    assert source.candidates("racing game", 1, table, table.mask()) is not None
+    assert len(readers) > n and readers[-1] == threading.current_thread().name
 
 
 def test_train_cf_tunes_weights_by_replaying_its_hold_out_live():

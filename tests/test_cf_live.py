@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,15 +159,22 @@ def test_replay_scores_each_event_before_its_own_click_is_counted():
     assert model.score_query("brand new words", 1).items.tolist() == []
 
 
-def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
+def _served(folder: Path) -> tuple[Any, ItemTable, Any, str]:
+    """An index folder whose event log holds the old clicks and whose CF generation was trained on
+    them: (settings, item table, model, generation)."""
     settings = load_settings(cf_position_bias_eta=0.0, hash_user_ids=False)
     table = ItemTable()
     for pid in ("forza", "gran-turismo", "lamp", "crew"):
         table.append(Product(id=pid, title=pid))
-    with EventStore(tmp_path, settings) as store:
+    with EventStore(folder, settings) as store:
         store.append(_old())
         model = fit_model(store.read(), settings, params=RECENT, threads=1)
-    publish(model, tmp_path)
+    generation, _ = publish(model, folder)
+    return settings, table, model, generation
+
+
+def test_cf_source_follows_the_event_log_without_a_retrain(tmp_path):
+    settings, table, _, _ = _served(tmp_path)
     source = CFSource(tmp_path, settings, reload_interval=0.0)
     frozen = CFSource(tmp_path, settings.model_copy(update={"cf_live": False}), reload_interval=0.0)
     first = source.candidates("racing game", 3, table, table.mask())
@@ -209,14 +218,7 @@ def _until(check, timeout: float = 10.0) -> bool:
 
 
 def test_background_follower_counts_clicks_and_swaps_generations_off_the_query_path(tmp_path):
-    settings = load_settings(cf_position_bias_eta=0.0, hash_user_ids=False)
-    table = ItemTable()
-    for pid in ("forza", "gran-turismo", "lamp", "crew"):
-        table.append(Product(id=pid, title=pid))
-    with EventStore(tmp_path, settings) as store:
-        store.append(_old())
-        model = fit_model(store.read(), settings, params=RECENT, threads=1)
-    first_gen, _ = publish(model, tmp_path)
+    settings, table, _, first_gen = _served(tmp_path)
     source = CFSource(tmp_path, settings, reload_interval=0.05)
     readers: list[str] = []
     read = source._tail.read

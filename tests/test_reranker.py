@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,17 +248,22 @@ def test_training_learns_list_context_only_with_cross_attention(tmp_path):
     )
 
 
+def _small_run(**over: Any) -> tuple[ListSet, ListSet, dict[str, dict[str, float]], TrainConfig]:
+    """96 training and 24 validation lists of the list-context task, and a tiny fast config."""
+    train, val = _synthetic(96, 0), _synthetic(24, 1)
+    cfg = TrainConfig(
+        epochs=4, batch_size=8, lr=5e-3, d_model=16, heads=2, ff=32, augment=False, adversarial="none",
+        patience=4, k=1, depth=12, **over,
+    )  # fmt: skip
+    return train, val, {**_qrels(train), **_qrels(val)}, cfg
+
+
 def test_weight_average_is_a_candidate_and_the_kept_model_matches_its_record():
     from dataclasses import replace
 
     from reranker.train import Batcher, predict_lists
 
-    train, val = _synthetic(96, 0), _synthetic(24, 1)
-    qrels = {**_qrels(train), **_qrels(val)}
-    cfg = TrainConfig(
-        epochs=4, batch_size=8, lr=5e-3, d_model=16, heads=2, ff=32, augment=False, adversarial="none",
-        patience=4, k=1, depth=12, average_from=1,
-    )  # fmt: skip
+    train, val, qrels, cfg = _small_run(average_from=1)
     res = train_transformer(train, val, qrels, cfg, piece_table=None, progress=False)
     kept = predict_lists(res.model, Batcher(val, [("text", "text", 4)], None), val.lists)
     got = score_rankings(rank_lists(val.lists, kept, 12), qrels, 1, 12)["ndcg@1_condensed"]
@@ -270,12 +276,7 @@ def test_weight_average_is_a_candidate_and_the_kept_model_matches_its_record():
 def test_refit_trains_on_validation_too_with_the_selection_passes_choices():
     from dataclasses import replace
 
-    train, val = _synthetic(96, 0), _synthetic(24, 1)
-    qrels = {**_qrels(train), **_qrels(val)}
-    cfg = TrainConfig(
-        epochs=4, batch_size=8, lr=5e-3, d_model=16, heads=2, ff=32, augment=False, adversarial="none",
-        patience=4, k=1, depth=12, average_from=2,
-    )  # fmt: skip
+    train, val, qrels, cfg = _small_run(average_from=2)
     chosen = train_transformer(train, val, qrels, cfg, piece_table=None, progress=False)
     refit = train_transformer(train, val, qrels, replace(cfg, refit=True), piece_table=None, progress=False)
 

@@ -14,7 +14,8 @@ models trained without a source still run when it appears, and vice versa):
   fusion model's source. They read ``Candidate.sources`` by name, so a model trained before a
   source existed sees zeros there (as in training), and one trained with it uses it.
 - ``cos:<modality>``: cosine of the query vector with the stored item vector, computed for every
-  candidate (not only those the vector source returned).
+  candidate (not only those the vector source returned); ``cos:fused`` is the fusion model's
+  query vector against its fused item vectors.
 - ``bm25f:<field>``: BM25 of the query in one field alone (title, description, brand, category,
   attributes), with the same analyzer as the lexical index and statistics of this catalog.
 - overlap, lengths, exact matches of tokens with digits (model numbers, sizes), brand in query,
@@ -47,6 +48,9 @@ COSINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "text": ("text", ("text",)),
     "text_image": ("text_image", ("image",)),
     "image": ("image", ("image", "video")),
+    # the fusion model's query vs its fused item vector, for every candidate (the fused source's
+    # own score exists only for the items it returned: about half of a pool)
+    "fused": ("fused", ("fused",)),
 }
 FIELDS: tuple[str, ...] = ("title", "description", "brand", "category", "attributes")
 MAX_QUERY_PIECES = 16  # word pieces of the query the models read
@@ -479,7 +483,12 @@ class FeatureExtractor:
             )
         col = FEATURE_INDEX
         self._source_features(X, retrieval, cands)
+        fused = getattr(self.index, "fused", None)
+        if fused is not None and "fused" in qinfo.vectors:
+            vectors = {**vectors, "fused": fused.index}
         item_vectors = self._cosines(X, rows, vectors, qinfo)
+        item_vectors.pop("fused", None)  # read for the cosine only: no model takes it as a channel
+        item_vectors.pop("fused:present", None)
         t_vec = time.perf_counter()
         self._lexical_features(X, rows, store, qinfo)
         t_end = time.perf_counter()

@@ -497,6 +497,25 @@ def test_photo_only_items_found_by_text_and_explained(trained):
         assert abs(sum(model["attention"].values()) - 1) < 0.02  # CLS's own share is left out
         r = retriever.retrieve("blue lamp", explain=True, depth=10)
         assert any("fused" in c.sources for c in r.candidates)
+        # the re-ranker reads the fused cosine of every candidate, not only of those the fused
+        # source returned: equal to that source's score where it has one
+        from reranker.features import FEATURE_INDEX as col
+        from reranker.features import FeatureExtractor
+
+        few = Retriever(pipe.index, settings.model_copy(update={"candidates": 5}))
+        r = few.retrieve("blue lamp", sources={"bm25", "fused"}, depth=5)
+        X = FeatureExtractor(pipe.index, pieces=False).extract(r).features
+        assert (X[:, col["cos:fused:present"]] == 1).all()
+        returned = X[:, col["src:fused:present"]] == 1
+        assert returned.any() and not returned.all()
+        np.testing.assert_allclose(
+            X[returned, col["cos:fused"]], X[returned, col["src:fused:score"]], rtol=1e-4, atol=1e-4
+        )
+        want = (
+            pipe.index.fused.index.vectors_for(np.asarray([c.row for c in r.candidates]))
+            @ r.query_vectors["fused"]
+        )
+        np.testing.assert_allclose(X[:, col["cos:fused"]], want, rtol=1e-4, atol=1e-4)
     finally:
         pipe.close()
 

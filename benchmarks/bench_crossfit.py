@@ -1,7 +1,7 @@
 """Full pipeline on Home Depot with cross-fitted fused features: fusion model + listwise re-ranker.
 
     python benchmarks/bench_crossfit.py [--base .bench/index] [--full .bench/fusion-hd/index]
-        [--work .bench/xfit] [--fused-weight 1.5] [--folds 2] [--seed 0] [--d-model N --ff N]
+        [--work .bench/xfit] [--fused-weight 1.5] [--folds 2] [--seed 0] [--d-model N --ff N] [--refit]
 
 Why: the re-ranker reads the fused source (rank, score) as features. If the fusion model was
 trained on the same queries the re-ranker trains on, those features are better on the training
@@ -18,7 +18,8 @@ Test lists come from ``--full``: the index whose fusion model was trained on the
 ``.bench/rerank-fused/cache`` when ``bench_reranker.py --index FULL --work .bench/rerank-fused``
 has built them (same settings), otherwise built here. The TEST half is never used for a choice.
 Results: WORK/results.json. A rerun with the same WORK reuses the fold models and all lists and
-retrains only the re-rankers (``--seed``, ``--d-model``, ``--ff``: the seed and width studies).
+retrains only the re-rankers (``--seed``, ``--d-model``, ``--ff``, ``--refit``: the seed, width
+and refit studies).
 """
 
 from __future__ import annotations
@@ -114,21 +115,14 @@ def main() -> None:
     val_qids = {q for q, t in train_q.items() if is_validation(t, 0.15)}
     val = lists.subset(lambda x: x.qid in val_qids)
     train = lists.subset(lambda x: x.qid not in val_qids)
+    overrides = {"d_model": args.d_model, "ff": args.ff, "refit": args.refit}
     ns = argparse.Namespace(
         epochs=args.epochs,
         seed=args.seed,
         threads=args.threads,
         skip_ablations=True,
         reuse=False,
-        model_overrides={
-            k: v
-            for k, v in (
-                ("d_model", args.d_model),
-                ("ff", args.ff),
-                ("refit", args.refit),
-            )
-            if v is not None
-        },
+        model_overrides={k: v for k, v in overrides.items() if v is not None},
     )
     models = train_models(work, train, val, qrels, pieces, ns)
 

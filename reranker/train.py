@@ -554,13 +554,14 @@ def train_transformer(
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _new_model(train: ListSet, cfg: TrainConfig, piece_table: np.ndarray | None) -> Any:
+def _new_model(
+    train: ListSet, cfg: TrainConfig, piece_table: np.ndarray | None, channels: list[tuple[str, str, int]]
+) -> Any:
     """A freshly initialised model whose feature normalisation comes from ``train``'s clean lists."""
     import torch
 
     from reranker.transformer import ListwiseTransformer, ModelConfig
 
-    channels = _channels(train)
     mcfg = ModelConfig(
         features=list(FEATURE_NAMES),
         channels=channels,
@@ -596,8 +597,8 @@ class _Fit:
 
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = _new_model(train, cfg, piece_table)
         self.channels = _channels(train)
+        self.model = _new_model(train, cfg, piece_table, self.channels)
         self.batcher = Batcher(train, self.channels, piece_table)
         self.by_qid: dict[str, list[QueryList]] = {}
         for x in train.lists:

@@ -69,7 +69,6 @@ class CFSource:
         self._tail = EventTail(self.index_dir)
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
-        self._ready = threading.Event()  # the follower has finished one look
         self._looked = threading.Event()  # some thread has finished one look
         self._follow_error: str | None = None
 
@@ -80,7 +79,6 @@ class CFSource:
         if self._follower is not None and self._follower.is_alive():
             return
         self._stop.clear()
-        self._ready.clear()
         self._follower = threading.Thread(target=self._follow_loop, name="cf-follower", daemon=True)
         self._follower.start()
 
@@ -89,7 +87,6 @@ class CFSource:
             try:
                 self._refresh(force=True)
                 self._follow_error = None
-                self._ready.set()
             except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad generation
                 if self._follow_error != str(exc):
                     log.warning("CF follower: %s", exc)
@@ -97,10 +94,11 @@ class CFSource:
             self._stop.wait(max(self.reload_interval, 0.05))
 
     def _followed(self) -> bool:
-        """Whether queries may take the follower's state as is: it is running, has looked at least
-        once, and its last look did not fail (a failure is left to the query path to report)."""
+        """Whether queries may take the loaded state as is: the follower is running, a look (its own
+        or an earlier query's) has finished, and the follower's last look did not fail (a failure
+        is left to the query path to report)."""
         f = self._follower
-        return f is not None and f.is_alive() and self._ready.is_set() and self._follow_error is None
+        return f is not None and f.is_alive() and self._looked.is_set() and self._follow_error is None
 
     def close(self) -> None:
         """Stop the follower and close the event log reader."""

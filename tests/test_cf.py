@@ -19,7 +19,7 @@ import pytest
 from indexer.cf import BlendParams, CFModel, QueryVocab, compact_key, fit_model, publish, query_key
 from indexer.cf.coldstart import KnnMapper, RidgeMapper, cosine_rows
 from indexer.cf.factors import interaction_matrix, train_als, train_gmf
-from indexer.cf.graph import build_query_graph, item_trend
+from indexer.cf.graph import build_query_graph, item_activity, trend_from_totals
 from indexer.cf.pmi import basket_ids, cooccurrence_pmi
 from indexer.cf.tokenmodel import BETA, build_token_model
 from indexer.interactions import Event, EventLog
@@ -357,7 +357,7 @@ def test_item_trend_ranks_a_rising_item_higher_than_plain_counts():
     item = np.asarray([0, 0, 0, 1])
     w_all = np.ones(4)
     w_recent = np.asarray([0.0, 0.0, 0.0, 1.0])
-    t = item_trend(item, w_all, w_recent, 3, pseudo=1.0)
+    t = trend_from_totals(*item_activity(item, w_all, w_recent, 3), pseudo=1.0)
     assert t[0] == pytest.approx(math.log((0 + 1) / (1 * 3 / 4 + 1)))
     assert t[1] == pytest.approx(math.log((1 + 1) / (1 * 1 / 4 + 1)))
     assert t[2] == 0.0

@@ -167,14 +167,6 @@ def item_prior(item: np.ndarray, weight: np.ndarray, n_items: int) -> np.ndarray
     return pop / pop.sum()
 
 
-def item_trend(
-    item: np.ndarray, w_all: np.ndarray, w_recent: np.ndarray, n_items: int, pseudo: float = TREND_PSEUDO
-) -> np.ndarray:
-    """log((recent clicks + c) / (clicks the whole-history share predicts + c)) per item; 0 when
-    an item has no events (cold items neither rise nor fall)."""
-    return trend_from_totals(*item_activity(item, w_all, w_recent, n_items), pseudo)
-
-
 def item_activity(item: np.ndarray, w_all: np.ndarray, w_recent: np.ndarray, n_items: int) -> np.ndarray:
     """(2, n_items): weighted clicks per item, whole history and recent (the trend's inputs)."""
     return np.stack(
@@ -186,7 +178,9 @@ def item_activity(item: np.ndarray, w_all: np.ndarray, w_recent: np.ndarray, n_i
 
 
 def trend_from_totals(a: np.ndarray, r: np.ndarray, pseudo: float = TREND_PSEUDO) -> np.ndarray:
-    """The trend of items whose whole-history and recent weighted clicks are ``a`` and ``r``."""
+    """The trend of items whose whole-history and recent weighted clicks are ``a`` and ``r``
+    (``item_activity``): log((recent clicks + c) / (clicks the whole-history share predicts + c))
+    per item; 0 when an item has no events (cold items neither rise nor fall)."""
     if a.sum() <= 0:
         return np.zeros(len(a))
     expected = r.sum() * a / a.sum()

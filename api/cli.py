@@ -433,8 +433,22 @@ def train_fusion_cmd(
 # --- re-ranker
 @app.command("train-reranker")
 def train_reranker_cmd(
-    queries: Annotated[Path, typer.Option(help="TRAINING queries (qid<TAB>text).")],
-    qrels: Annotated[Path, typer.Option(help="TREC qrels for --queries (qid 0 docid grade).")],
+    queries: Annotated[Path | None, typer.Option(help="TRAINING queries (qid<TAB>text).")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="TREC qrels for --queries (qid 0 docid grade).")] = None,
+    from_events: Annotated[
+        bool,
+        typer.Option(
+            "--from-events",
+            help="Labels from the index's stored clicks, carts and purchases instead of --queries/--qrels.",
+        ),
+    ] = False,
+    label_share: Annotated[
+        float,
+        typer.Option(
+            help="--from-events: the newest share of the events that gives the labels; the CF features of "
+            "the training lists come from a CF model fitted on the rest."
+        ),
+    ] = 0.2,
     index_dir: IndexOpt = Path("index"),
     config: ConfigOpt = None,
     split_train_only: Annotated[
@@ -467,7 +481,8 @@ def train_reranker_cmd(
     ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train the listwise re-ranker on judged queries; a running server swaps it in by itself."""
+    """Train the listwise re-ranker on judged queries or on stored interactions; a running server
+    swaps it in by itself."""
     from reranker.train import TrainConfig, train_reranker
 
     if model not in ("transformer", "lambdamart"):
@@ -493,6 +508,8 @@ def train_reranker_cmd(
         out=out,
         cache=cache,
         fusion_folds=fusion_folds,
+        from_events=from_events,
+        label_share=label_share,
         progress=not quiet,
         log=typer.echo,
     )

@@ -386,11 +386,12 @@ def _build_generation(
     )
 
 
-def snapshot_live_generation(src: Path, dst: Path) -> None:
-    """``dst``: the live generation of ``src`` without its fused vectors, its CURRENT, and a copy of
-    the embedding cache (fusion training writes query encodings to it). Files are hard-linked
-    where the filesystem allows: a generation's files are never modified in place, except the
-    WAL, which is copied. Used to train models on a copy without touching the live index."""
+def snapshot_live_generation(src: Path, dst: Path, *, fused: bool = False) -> None:
+    """``dst``: the live generation of ``src`` (with its fused vectors and model only when
+    ``fused``: a fusion training replaces them), its CURRENT, and a copy of the embedding cache
+    (fusion training writes query encodings to it). Files are hard-linked where the filesystem
+    allows: a generation's files are never modified in place, except the WAL, which is copied.
+    Used to train models on a copy without touching the live index."""
     name = current_generation(src)
     if name is None:
         raise ConfigError(f"no index generation in {src}: build the index first")
@@ -407,7 +408,7 @@ def snapshot_live_generation(src: Path, dst: Path) -> None:
         src / "generations" / name,
         dst / "generations" / name,
         copy_function=link,
-        ignore=shutil.ignore_patterns("fused", "wal.jsonl"),
+        ignore=shutil.ignore_patterns("wal.jsonl") if fused else shutil.ignore_patterns("fused", "wal.jsonl"),
     )
     wal = src / "generations" / name / "wal.jsonl"
     if wal.exists():  # appended to by the live index: a real copy, not a link

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from shopsearch.errors import ConfigError, IndexCorruptError
 
 UNJUDGED = -1.0
 CACHE_VERSION = 1
+EVENT_SNAPSHOT = ".event-labels"  # INDEX/<this>: the copy whose CF model is fitted on older events
 
 
 # ====================================================================== splits
@@ -810,8 +812,8 @@ def select_queries(
 
 def train_reranker(
     index_dir: Path,
-    queries_path: Path,
-    qrels_path: Path,
+    queries_path: Path | None = None,
+    qrels_path: Path | None = None,
     *,
     settings: Any,
     cfg: TrainConfig | None = None,
@@ -820,28 +822,47 @@ def train_reranker(
     out: Path | None = None,
     cache: Path | None = None,
     fusion_folds: int = 1,
+    from_events: bool = False,
+    label_share: float = 0.2,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainingRun:
     """Build candidate lists with the index's own retriever, train, and write the checkpoint
     (default INDEX/models/reranker, where serving picks it up without a restart). With
     ``fusion_folds`` >= 2 the lists' fused source is cross-fitted (reranker.crossfit): use it when
-    the index's fusion model was trained on these same judgments."""
+    the index's fusion model was trained on these same judgments. With ``from_events`` the labels
+    are the index's stored interactions instead of judgments (reranker.clicks): the newest
+    ``label_share`` of them, over lists whose CF source was fitted on the older ones only."""
     from reranker.base import PassThroughReranker
     from reranker.pipeline import SearchPipeline
     from reranker.serving import model_dir
 
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
-    queries, qrels, counts = select_queries(queries_path, qrels_path, split_train_only=split_train_only)
+    index_dir = Path(index_dir)
+    snap: Path | None = None
+    if from_events:
+        if queries_path is not None or qrels_path is not None or split_train_only:
+            raise ConfigError("labels come from judgments (queries + qrels) or from stored events, not both")
+        if fusion_folds > 1:
+            raise ConfigError(
+                "--fusion-folds cross-fits judgments the fusion model was trained on; event labels need none"
+            )
+        snap, pipeline, queries, qrels, counts = _event_labels(
+            index_dir, settings, label_share, progress, log
+        )
+    else:
+        if queries_path is None or qrels_path is None:
+            raise ConfigError("training needs --queries and --qrels (judgments), or --from-events")
+        queries, qrels, counts = select_queries(queries_path, qrels_path, split_train_only=split_train_only)
+        pipeline = SearchPipeline.open(index_dir, settings, reranker=PassThroughReranker())
     val_q = {q: t for q, t in queries.items() if is_validation(t, cfg.val_fraction)}
     train_q = {q: t for q, t in queries.items() if q not in val_q}
-    if not val_q or not train_q:
-        raise ConfigError(f"{len(queries)} queries are too few to carve a validation set from")
     counts.update({"train": len(train_q), "validation": len(val_q)})
     log(f"queries: {counts}")
-    pipeline = SearchPipeline.open(Path(index_dir), settings, reranker=PassThroughReranker())
     try:
+        if not val_q or not train_q:
+            raise ConfigError(f"{len(queries)} queries are too few to carve a validation set from")
         extractor = FeatureExtractor(pipeline.index)
         extractor.warm(progress=progress)
         variants = ("clean", "typo", "drop") if cfg.augment and kind == "transformer" else ("clean",)
@@ -853,6 +874,8 @@ def train_reranker(
                     sorted(val_q),
                     variants,
                     cfg.seed,
+                    # event labels: the same queries may carry other grades, over another CF model
+                    sorted((q, sorted(g.items())) for q, g in qrels.items()) if from_events else None,
                 ]
             ).encode()
         ).hexdigest()[:12]
@@ -860,7 +883,7 @@ def train_reranker(
             from reranker.crossfit import crossfit_lists
 
             got = crossfit_lists(
-                Path(index_dir),
+                index_dir,
                 settings,
                 {"train": (train_q, variants), "val": (val_q, ("clean",))},
                 qrels,
@@ -933,6 +956,55 @@ def train_reranker(
         return TrainingRun(folder, kind, counts, best, fused, best_epoch, seconds, history)
     finally:
         pipeline.close()
+        if snap is not None:
+            shutil.rmtree(snap, ignore_errors=True)
+
+
+def _event_labels(
+    index_dir: Path, settings: Any, share: float, progress: bool, log: Callable[[str], None]
+) -> tuple[Path, Any, dict[str, str], dict[str, dict[str, float]], dict[str, int]]:
+    """(snapshot, its pipeline, queries, qrels, counts) for training on stored events: the newest
+    ``share`` of the events are the labels; the snapshot's CF generation is fitted on the rest, and
+    its live counting is off, so no list sees a label event through its CF features."""
+    from indexer.cf.train import train_cf
+    from indexer.interactions import EventStore
+    from indexer.store import snapshot_live_generation
+    from reranker.base import PassThroughReranker
+    from reranker.clicks import MIN_LABEL_QUERIES, judgments_from_events, label_split
+    from reranker.pipeline import SearchPipeline
+
+    if not (index_dir / "events").is_dir():
+        raise ConfigError(f"no event store in {index_dir}: run 'shopsearch events import' first")
+    with EventStore(index_dir, settings) as store:
+        events = store.read()
+    older, newer = label_split(events, share)
+    snap = index_dir / EVENT_SNAPSHOT
+    pipeline = None
+    try:
+        snapshot_live_generation(index_dir, snap, fused=True)
+        local = settings.model_copy(update={"index_dir": snap, "cf_live": False})
+        log(f"CF features: a CF model on the older {len(older)} events; labels: the newest {len(newer)}")
+        report = train_cf(snap, local, log=older, progress=progress)
+        log(f"CF model for the lists: {report.counts}")
+        pipeline = SearchPipeline.open(snap, local, reranker=PassThroughReranker())
+        got = judgments_from_events(
+            newer,
+            settings.event_weights,
+            eta=settings.cf_position_bias_eta,
+            known_items=pipeline.index.table.id_to_row.keys(),
+        )
+        if len(got.queries) < MIN_LABEL_QUERIES:
+            raise ConfigError(
+                f"the newest {len(newer)} events name only {len(got.queries)} queries with a catalog item "
+                f"({got.counts}): need at least {MIN_LABEL_QUERIES} to train"
+            )
+        counts = {**{f"label_{k}": v for k, v in got.counts.items()}, "cf_events": len(older)}
+        return snap, pipeline, got.queries, got.qrels, counts
+    except BaseException:
+        if pipeline is not None:
+            pipeline.close()
+        shutil.rmtree(snap, ignore_errors=True)
+        raise
 
 
 def _fmt(m: Mapping[str, Any]) -> str:

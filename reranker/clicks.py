@@ -25,8 +25,6 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from indexer.cf.graph import event_weights
 from indexer.cf.queries import query_key
 from indexer.cf.train import time_split
@@ -109,8 +107,3 @@ def label_split(log: EventLog, share: float) -> tuple[EventLog, EventLog]:
             f"{len(log)} stored events are too few to split into CF history and labels (share {share})"
         )
     return older, newer
-
-
-def positions_known(log: EventLog) -> float:
-    """Share of events with a recorded result position (reported: the position correction needs it)."""
-    return float(np.mean(np.asarray(log.position) >= 1)) if len(log) else 0.0

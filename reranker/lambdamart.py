@@ -43,6 +43,7 @@ class LambdaMARTConfig:
     k: int = 10
     depth: int = 100
     threads: int = 1
+    select: Literal["condensed", "plain"] = "condensed"  # validation metric (see TrainConfig.select)
 
 
 @dataclass
@@ -132,11 +133,11 @@ def train_lambdamart(
     qrels: Mapping[str, Mapping[str, float]],
     cfg: LambdaMARTConfig | None = None,
 ) -> tuple[LambdaMART, dict[str, Any]]:
-    """Fit on ``train``'s lists (all variants), pick the number of trees by condensed NDCG@k on
-    ``val``'s clean lists ranked in full, as the evaluation ranks them."""
+    """Fit on ``train``'s lists (all variants), pick the number of trees by condensed (or, with
+    ``cfg.select``, plain) NDCG@k on ``val``'s clean lists ranked in full, as the evaluation ranks them."""
     import lightgbm as lgb
 
-    from reranker.train import rank_lists, score_rankings
+    from reranker.train import rank_lists, score_rankings, selection_key
 
     cfg = cfg or LambdaMARTConfig()
     t0 = time.perf_counter()
@@ -164,8 +165,8 @@ def train_lambdamart(
         scores = [booster.predict(x.features[:, cols], num_iteration=it, num_threads=1) for x in val_lists]
         m = score_rankings(rank_lists(val_lists, scores, cfg.depth), qrels, cfg.k, cfg.depth)
         curve[it] = m
-        if m[f"ndcg@{cfg.k}_condensed"] > best + 1e-6:
-            best, best_it = m[f"ndcg@{cfg.k}_condensed"], it
+        if m[selection_key(cfg.k, cfg.select)] > best + 1e-6:
+            best, best_it = m[selection_key(cfg.k, cfg.select)], it
     seconds = time.perf_counter() - t0
     meta = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},

@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,6 +326,10 @@ class TrainConfig:
     average_from: int = 2
     # after selection, train again on training + validation lists for the chosen epochs
     refit: bool = False
+    # the validation metric that picks the epoch and the head mix: condensed NDCG for judgments
+    # (unjudged items are unknown), plain NDCG for click labels (an item the query's shoppers
+    # passed over is a weak negative, not unknown)
+    select: Literal["condensed", "plain"] = "condensed"
     k: int = 10
     depth: int = 100
     threads: int = 1
@@ -337,6 +341,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.d_model % self.heads:
             raise ConfigError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        if self.select not in ("condensed", "plain"):
+            raise ConfigError(f"select must be condensed or plain, got {self.select!r}")
         if self.adversarial not in ("none", "fgm", "pgd"):
             raise ConfigError(f"adversarial must be none, fgm or pgd, got {self.adversarial!r}")
 
@@ -504,18 +510,24 @@ def choose_mix(
     k: int,
     depth: int,
     grid: Sequence[float] = MIX_GRID,
+    select: str = "condensed",
 ) -> tuple[float, dict[str, float], dict[float, dict[str, float]]]:
     """The head mix with the best condensed NDCG@k among those whose plain NDCG@k is within 0.01
     of the best plain one: the condensed form is the headline, but a mix that buys it by
-    filling the top with unjudged items is not taken."""
+    filling the top with unjudged items is not taken. With ``select="plain"``: the best plain."""
     results = {
         mix: score_rankings(rank_lists(lists, [combine_heads(h, mix) for h in heads], depth), qrels, k, depth)
         for mix in grid
     }
     best_plain = max(r[f"ndcg@{k}"] for r in results.values())
     ok = [m for m, r in results.items() if r[f"ndcg@{k}"] >= best_plain - 0.01]
-    mix = max(ok, key=lambda m: (results[m][f"ndcg@{k}_condensed"], -m))
+    mix = max(ok, key=lambda m: (results[m][selection_key(k, select)], -m))
     return mix, results[mix], results
+
+
+def selection_key(k: int, select: str) -> str:
+    """The validation metric's key in ``score_rankings``' result."""
+    return f"ndcg@{k}_condensed" if select == "condensed" else f"ndcg@{k}"
 
 
 @dataclass
@@ -675,14 +687,14 @@ def _train_transformer(
     for epoch in range(1, cfg.epochs + 1):
         loss, state = fit.epoch(epoch, progress)
         heads = predict_heads(model, val_batcher, val_lists)
-        mix, metrics, _ = choose_mix(heads, val_lists, qrels, cfg.k, cfg.depth)
+        key = selection_key(cfg.k, cfg.select)
+        mix, metrics, _ = choose_mix(heads, val_lists, qrels, cfg.k, cfg.depth, select=cfg.select)
         averaged = False
         if fit.avg_state is not None and fit.n_avg > 1:  # one epoch averaged is that epoch itself
             model.load_state_dict(fit.avg_state)
             a_heads = predict_heads(model, val_batcher, val_lists)
-            a_mix, a_metrics, _ = choose_mix(a_heads, val_lists, qrels, cfg.k, cfg.depth)
+            a_mix, a_metrics, _ = choose_mix(a_heads, val_lists, qrels, cfg.k, cfg.depth, select=cfg.select)
             model.load_state_dict(state)
-            key = f"ndcg@{cfg.k}_condensed"
             if a_metrics[key] > metrics[key]:
                 mix, metrics, averaged = a_mix, a_metrics, True
         rec = {
@@ -696,7 +708,7 @@ def _train_transformer(
         history.append(rec)
         if on_epoch:
             on_epoch(epoch, rec)
-        main = metrics[f"ndcg@{cfg.k}_condensed"]
+        main = metrics[key]
         if main > best + 1e-5:
             best, best_epoch, bad_epochs = main, epoch, 0
             best_state = {k: v.clone() for k, v in (fit.avg_state if averaged else state).items()}
@@ -842,6 +854,7 @@ def train_reranker(
     index_dir = Path(index_dir)
     snap: Path | None = None
     if from_events:
+        cfg = replace(cfg, select="plain")  # click labels: passed-over items are weak negatives
         if queries_path is not None or qrels_path is not None or split_train_only:
             raise ConfigError("labels come from judgments (queries + qrels) or from stored events, not both")
         if fusion_folds > 1:
@@ -911,7 +924,9 @@ def train_reranker(
         if kind == "lambdamart":
             from reranker.lambdamart import LambdaMARTConfig, train_lambdamart
 
-            lcfg = LambdaMARTConfig(seed=cfg.seed, k=cfg.k, depth=cfg.depth, threads=cfg.threads)
+            lcfg = LambdaMARTConfig(
+                seed=cfg.seed, k=cfg.k, depth=cfg.depth, threads=cfg.threads, select=cfg.select
+            )
             model, meta = train_lambdamart(lists, val, qrels, lcfg)
             model.meta.update({"queries": counts, "val_fused": fused})
             model.save(folder)

@@ -13,6 +13,9 @@ models trained without a source still run when it appears, and vice versa):
   ``cf`` is the slot for the collaborative-filtering source, ``fused`` for the learned multimodal
   fusion model's source. They read ``Candidate.sources`` by name, so a model trained before a
   source existed sees zeros there (as in training), and one trained with it uses it.
+- ``cf:*``: the terms of the CF source's score for the items it returned (``retriever.cf.CF_TERMS``:
+  click-graph log probability, query-factor score, trend, log interactions, query match quality),
+  so a model trained on clicks can weigh them otherwise than the CF source's own blend.
 - ``cos:<modality>``: cosine of the query vector with the stored item vector, computed for every
   candidate (not only those the vector source returned); ``cos:fused`` is the fusion model's
   query vector against its fused item vectors.
@@ -38,6 +41,7 @@ import numpy as np
 
 from indexer.filters import fold
 from indexer.product import Product
+from retriever.cf import CF_TERMS
 from retriever.search import Candidate, Retrieval
 from shopsearch.errors import ConfigError, EncoderError, ItemNotFoundError
 
@@ -64,6 +68,7 @@ def _names() -> tuple[str, ...]:
     names: list[str] = []
     for s in SOURCES:
         names += [f"src:{s}:{f}" for f in SOURCE_FEATURES]
+    names += [f"cf:{t}" for t in CF_TERMS]
     names += ["fused_inv_log_pos"]
     for key in COSINES:
         names += [f"cos:{key}", f"cos:{key}:rel", f"cos:{key}:present"]
@@ -94,10 +99,12 @@ def _names() -> tuple[str, ...]:
 
 FEATURE_NAMES: tuple[str, ...] = _names()
 FEATURE_INDEX: dict[str, int] = {n: i for i, n in enumerate(FEATURE_NAMES)}
+CF_COLUMNS = np.asarray([FEATURE_INDEX[f"cf:{t}"] for t in CF_TERMS])
 
 # Feature groups that augmentation drops together and ablations refer to.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     **{f"src:{s}": tuple(n for n in FEATURE_NAMES if n.startswith(f"src:{s}:")) for s in SOURCES},
+    "cf": tuple(f"cf:{t}" for t in CF_TERMS),
     "cos": tuple(n for n in FEATURE_NAMES if n.startswith("cos:")),
     "bm25f": tuple(n for n in FEATURE_NAMES if n.startswith("bm25f:")),
     "overlap": ("cover_any", "cover_title", "cover_idf", "all_terms", "code_match", "brand_in_query"),
@@ -512,6 +519,10 @@ class FeatureExtractor:
             X[idx, col[f"src:{s}:score"]] = score
             X[idx, col[f"src:{s}:score_rel"]] = score - score.max()
             X[idx, col[f"src:{s}:inv_log_rank"]] = 1.0 / np.log2(1.0 + np.maximum(ranks, 1.0))
+        cf = [(i, c.sources["cf"].terms) for i, c in enumerate(cands) if "cf" in c.sources]
+        cf = [(i, t) for i, t in cf if t is not None and len(t) == len(CF_TERMS)]
+        if cf:
+            X[np.asarray([i for i, _ in cf])[:, None], CF_COLUMNS[None, :]] = np.asarray([t for _, t in cf])
         pos = {c.row: i for i, c in enumerate(retrieval.candidates)}
         X[:, col["fused_inv_log_pos"]] = 1.0 / np.log2(
             2.0 + np.fromiter((pos.get(c.row, n) for c in cands), dtype=np.float64, count=n)

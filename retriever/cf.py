@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,21 @@ from shopsearch.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# The per-item terms of a CF score that a hit carries (``CFHits.terms``, the re-ranker's
+# ``cf:*`` features): log P(click | query) from the click graph, the query-factor score, the item's
+# trend, log(1 + its weighted events), and how well the query matched a known one (1 exact, the
+# similarity for a fuzzy match, the share of known words for the word model; 0 for none).
+CF_TERMS: tuple[str, ...] = ("log_p_click", "factor", "trend", "log_interactions", "match_score")
+_LOG_P_FLOOR = -30.0  # log P of an item the graph gives no mass (the raw term is log 1e-300)
+
+
 @dataclass
 class CFHits:
     hits: list[tuple[int, float]]  # (row, score), best first
     details: dict[int, dict[str, Any]]  # row -> explain detail (only when asked)
     match: str | None
     personalised: bool
+    terms: dict[int, tuple[float, ...]] = field(default_factory=dict)  # row -> CF_TERMS values
 
 
 @dataclass
@@ -249,11 +258,12 @@ class CFSource:
         rows = self._rows(loaded, table)
         allowed = self._allowed(rows, mask)
         user = self.user_key(user_id) if user_id else None
-        scored = model.score_query(text, n, user=user, allowed=allowed, explain=explain, live=loaded.live)
+        scored = model.score_query(text, n, user=user, allowed=allowed, explain=True, live=loaded.live)
         # an item a concurrent live update added after ``rows`` was read is left for the next query
         keep = scored.items < len(rows)
         items, scores = scored.items[keep], scored.scores[keep]
         hits = [(int(rows[i]), float(s)) for i, s in zip(items, scores, strict=True)]
+        terms = self._terms(scored, keep, [r for r, _ in hits])
         details: dict[int, dict[str, Any]] = {}
         if explain and len(scored.items):
             p = scored.parts
@@ -276,7 +286,24 @@ class CFSource:
                     "interactions": round(float(p["interactions"][k]), 3),
                     "cold_start": bool(p["interactions"][k] == 0),
                 }
-        return CFHits(hits, details, scored.match, scored.personalised)
+        return CFHits(hits, details, scored.match, scored.personalised, terms)
+
+    @staticmethod
+    def _terms(scored: Any, keep: np.ndarray, rows: list[int]) -> dict[int, tuple[float, ...]]:
+        p = scored.parts
+        if not rows or not p:
+            return {}
+        cols = np.stack(
+            [
+                np.maximum(p["graph"][keep], _LOG_P_FLOOR),
+                p["als"][keep],
+                p["trend"][keep],
+                np.log1p(np.maximum(p["interactions"][keep], 0.0)),
+                np.full(int(keep.sum()), scored.match_score if scored.match is not None else 0.0),
+            ],
+            axis=1,
+        )
+        return {row: tuple(v) for row, v in zip(rows, cols.tolist(), strict=True)}
 
     def similar(
         self, item_id: str, n: int, table: ItemTable, mask: np.ndarray, vectors: dict[str, Any] | None = None

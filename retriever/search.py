@@ -31,6 +31,7 @@ MAX_QUERY_CHARS = 1000
 class SourceHit:
     rank: int
     score: float
+    terms: tuple[float, ...] | None = None  # the source's score terms (the CF source: CF_TERMS)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Retriever:
 
         lists: dict[str, list[tuple[int, float]]] = {}
         details: dict[int, dict[str, Any]] = {}
+        terms: dict[str, dict[int, tuple[float, ...]]] = {}  # source -> row -> its score terms
         qvecs: dict[str, np.ndarray] = {}
         if text is not None and use("bm25"):
             t = time.perf_counter()
@@ -193,6 +195,7 @@ class Retriever:
             )
             if cf is not None and cf.hits:
                 lists["cf"] = cf.hits
+                terms["cf"] = cf.terms
                 for row, d in cf.details.items():
                     details.setdefault(row, {})["cf_detail"] = d
             timings["cf"] = _ms(t)
@@ -238,7 +241,7 @@ class Retriever:
                 if c is None:
                     c = cands[row] = Candidate(row=row, id=table.product(row).id, score=float(fused[row]))
                     c.detail = details.get(row, {})
-                c.sources[source] = SourceHit(rank=rank, score=score)
+                c.sources[source] = SourceHit(rank=rank, score=score, terms=terms.get(source, {}).get(row))
         # ties: the better source rank first (keeps an engine's own order), then the id (stable pages)
         ordered = sorted(
             cands.values(), key=lambda c: (-c.score, min(h.rank for h in c.sources.values()), c.id)

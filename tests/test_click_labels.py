@@ -6,12 +6,16 @@ clicks written here from the sample judgments: a known click model, so the label
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 
 from indexer.interactions import Event, EventLog, EventStore
 from reranker.clicks import judgments_from_events, label_split, query_id
+from reranker.features import FEATURE_INDEX
+from retriever.cf import CF_TERMS
 from shopsearch.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,11 +133,31 @@ def test_train_from_events_fits_the_lists_cf_on_older_events_and_serves(tmp_path
     assert seen[0].ts.max() <= newest  # the lists' CF model never saw a label event
     assert run.queries["label_queries"] == 21 and run.queries["validation"] > 0
     assert not (folder / EVENT_SNAPSHOT).exists() and not (folder / "cf").exists()  # live index untouched
+    saved = json.loads((run.model_dir / "config.json").read_text())["meta"]["train"]
+    assert saved["select"] == "plain"  # clicks: epochs and head mix chosen on plain NDCG
 
+    real(folder, settings)  # the serving CF model, on every stored event
     pipe = SearchPipeline.open(folder, settings)
     try:
         assert pipe.reranker.name.startswith("listwise-transformer")
         assert pipe.search(SearchRequest(text="black hoodie", k=5)).results
+        # the cf:* features are the CF source's own score terms, as its explain view reports them
+        retrieval = pipe.retriever.retrieve("BLACK hoodie", None, depth=50, explain=True)
+        lf = pipe.reranker.extractor.extract(retrieval)
+        checked = 0
+        for i, c in enumerate(retrieval.candidates):
+            d = c.detail.get("cf_detail")
+            if d is None:
+                assert not lf.features[i, FEATURE_INDEX["cf:match_score"]]
+                continue
+            got = {t: float(lf.features[i, FEATURE_INDEX[f"cf:{t}"]]) for t in CF_TERMS}
+            assert got["log_p_click"] == pytest.approx(max(d["log_p_click"], -30.0), abs=1e-3)
+            assert got["factor"] == pytest.approx(d["factor_score"], abs=1e-3)
+            assert got["trend"] == pytest.approx(d["trend"], abs=1e-3)
+            assert got["log_interactions"] == pytest.approx(math.log1p(d["interactions"]), abs=1e-3)
+            assert got["match_score"] == pytest.approx(d["match_score"], abs=1e-3) and d["match"] == "exact"
+            checked += 1
+        assert checked >= 3
     finally:
         pipe.close()
 
@@ -154,3 +178,40 @@ def test_cli_from_events_refuses_mixed_or_missing_labels(tmp_path):
     assert isinstance(res.exception, ConfigError) and "not both" in str(res.exception)
     res = runner.invoke(app, ["train-reranker", "--index", str(tmp_path)])
     assert isinstance(res.exception, ConfigError) and "--from-events" in str(res.exception)
+
+
+def test_plain_selection_picks_the_head_mix_by_plain_ndcg():
+    """Head 0 ranks the clicked items a (grade 1) and b (grade 3) at 8 and 9, in the wrong order;
+    head 1 at 9 and 10, in the right order. Plain NDCG prefers head 0 by less than the 0.01
+    tolerance, condensed NDCG (unclicked items removed) head 1: ``select`` decides."""
+    import numpy as np
+
+    from reranker.train import UNJUDGED, QueryList, TrainConfig, choose_mix
+
+    ids = ["a", "b"] + [f"u{i}" for i in range(1, 10)]
+    order0 = [f"u{i}" for i in range(1, 8)] + ["a", "b", "u8", "u9"]
+    order1 = [f"u{i}" for i in range(1, 9)] + ["b", "a", "u9"]
+    head0 = np.asarray([-order0.index(d) for d in ids], dtype=np.float64)
+    head1 = np.asarray([-order1.index(d) for d in ids], dtype=np.float64)
+    x = QueryList(
+        qid="q",
+        text="q",
+        variant="clean",
+        features=np.zeros((len(ids), 1), np.float32),
+        rows=np.arange(len(ids)),
+        labels=np.asarray([1.0, 3.0] + [UNJUDGED] * 9, dtype=np.float32),
+        doc_ids=ids,
+        qvec=np.zeros(1, np.float32),
+        pieces=np.zeros(0, np.int64),
+    )
+    heads = [np.stack([head0, head1], axis=1)]
+    qrels = {"q": {"a": 1.0, "b": 3.0}}
+    grid = (0.0, 100.0)  # head 0 alone; head 1's order
+    plain_mix, _, results = choose_mix(heads, [x], qrels, 10, 100, grid=grid, select="plain")
+    cond_mix, _, _ = choose_mix(heads, [x], qrels, 10, 100, grid=grid, select="condensed")
+    assert 0 < results[0.0]["ndcg@10"] - results[100.0]["ndcg@10"] < 0.01
+    assert results[100.0]["ndcg@10_condensed"] == pytest.approx(1.0)
+    assert results[0.0]["ndcg@10_condensed"] < 0.9
+    assert plain_mix == 0.0 and cond_mix == 100.0
+    with pytest.raises(ConfigError, match="select must be"):
+        TrainConfig(select="mrr")  # type: ignore[arg-type]

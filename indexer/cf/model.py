@@ -72,7 +72,7 @@ class ScoredItems:
     match: str | None  # "exact" (after normalisation) | "fuzzy" | "tokens" | None
     match_score: float  # 1 exact, the similarity for fuzzy, the share of known words for tokens
     personalised: bool
-    parts: dict[str, np.ndarray] = field(default_factory=dict)  # per-item terms, for explain
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # per-item terms (explain, re-ranker)
 
 
 @dataclass
@@ -204,7 +204,8 @@ class CFModel:
         live: LiveClicks | None = None,
     ) -> ScoredItems:
         """Top-n CF items for a query (and/or a user); ``allowed`` is a boolean mask over CF items.
-        ``live``: clicks stored since training (``indexer.cf.live``), counted as if refit."""
+        ``live``: clicks stored since training (``indexer.cf.live``), counted as if refit.
+        ``explain``: also each item's score terms (``ScoredItems.parts``)."""
         p = self.params
         matches = self.match(text) if text else []
         tok = self._token_distribution(text, bool(matches), live)

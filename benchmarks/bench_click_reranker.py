@@ -15,11 +15,15 @@ tuning or a choice.
   of the stored events (the CF source of those lists is a model fitted on the older ones);
   validation is carved from the label queries by the usual hash.
 - Serving CF: ``train_cf`` on all stored events (tuned, as ``shopsearch train-cf`` does). Live
-  counting is off in this benchmark (a static model; ``bench_cf.py`` measures live counting).
+  counting is off for the static table.
 - Test: every test click's query is searched (no user: the lists carry no personalisation) and
   the clicked SKU's AP@5 is taken in each ranking: the fused order of the sources, the CF
   source's own order (its candidates first, in its order), and the re-ranker's order. Also
   NDCG@10 against each test query's weighted clicks.
+- Live replay (the serving default, ``cf_live``): the test clicks in time order on a copy of the
+  index, each query searched with every earlier test click stored and counted live, then its
+  own click stored. The re-ranker was trained on static CF features; this shows whether it holds
+  up when the CF features are fresher than any it saw in training.
 
 Results: WORK/results.json and a Markdown table.
 """
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -62,13 +67,97 @@ def write_catalog(log: Any, path: Path) -> int:
     return len(set(log.item))
 
 
-def cf_order(lists: Any) -> list[np.ndarray]:
+def cf_scores(features: np.ndarray) -> np.ndarray:
     """The CF source's own order first, then the rest in fused order."""
     from reranker.features import FEATURE_INDEX
 
     cf = FEATURE_INDEX["src:cf:inv_log_rank"]
     pos = FEATURE_INDEX["fused_inv_log_pos"]
-    return [x.features[:, cf].astype(np.float64) * 10.0 + x.features[:, pos] for x in lists.lists]
+    return features[:, cf].astype(np.float64) * 10.0 + features[:, pos]
+
+
+def without_cf_terms(lists: Any) -> Any:
+    """A copy of ``lists`` with the cf:* columns zeroed."""
+    from reranker.features import CF_COLUMNS
+    from reranker.train import ListSet, QueryList
+
+    out = []
+    for x in lists.lists:
+        f = x.features.copy()
+        f[:, CF_COLUMNS] = 0.0
+        out.append(QueryList(**{**x.__dict__, "features": f}))
+    return ListSet(out, lists.item_vectors, lists.item_present, lists.meta)
+
+
+def train_without_cf_terms(
+    cache: Path, cfg: Any, pieces: Any, folder: Path, qrels: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The ablation model: train_reranker's cached lists without the cf:* features, the same
+    config (plain-NDCG selection, as --from-events sets it). ``qrels``: the label judgments."""
+    from dataclasses import replace
+
+    from reranker.train import ListSet, train_transformer
+    from reranker.transformer import save_checkpoint
+
+    train = ListSet.load(next(cache.glob("lists-*-train.npz")))
+    val = ListSet.load(next(cache.glob("lists-*-val.npz")))
+    res = train_transformer(
+        without_cf_terms(train),
+        without_cf_terms(val),
+        qrels,
+        replace(cfg, select="plain"),
+        piece_table=pieces.table if pieces is not None else None,
+        progress=False,
+    )
+    save_checkpoint(
+        res.model, folder, {"pieces_fingerprint": pieces.fingerprint if pieces is not None else None}
+    )
+    return {"val": res.best_val, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1)}
+
+
+def live_replay(index: Path, work: Path, settings: Any, test: Any, model_dir: Path) -> dict[str, float]:
+    """The serving default: live counting on. The test clicks are replayed in time order on a copy
+    of the index; each one's query is searched with every earlier test click already stored (and
+    counted by the CF source), then the click itself is stored. AP@5 of the clicked SKU in each
+    ranking, as in the static table."""
+    from indexer.interactions import EventStore
+    from reranker.base import PassThroughReranker
+    from reranker.features import FeatureExtractor
+    from reranker.pipeline import SearchPipeline
+    from reranker.serving import load_scorer
+
+    copy = work / "live-index"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(index, copy)
+    local = settings.model_copy(update={"index_dir": copy, "cf_live": True})
+    pipeline = SearchPipeline.open(copy, local, reranker=PassThroughReranker())
+    aps: dict[str, list[float]] = {"fused": [], "cf": [], "reranker": []}
+    try:
+        pipeline.retriever.cf.reload_interval = 0.0  # every search reads the clicks stored before it
+        extractor = FeatureExtractor(pipeline.index)
+        extractor.warm(progress=False)
+        scorer = load_scorer(model_dir, extractor.pieces, "onnx")
+        with EventStore(copy, local) as store:
+            for ev in tqdm(test.to_events(), desc="live replay", unit=" click"):
+                r = pipeline.retriever.retrieve(ev.query, depth=DEPTH)
+                if r.candidates:
+                    lf = extractor.extract(r)
+                    ids = [c.id for c in r.candidates]
+                    for name, sc in (
+                        ("fused", -np.arange(len(ids), dtype=np.float64)),
+                        ("cf", cf_scores(lf.features)),
+                        ("reranker", scorer.score(lf)),
+                    ):
+                        order = np.lexsort((np.arange(len(sc)), -np.asarray(sc, dtype=np.float64)))
+                        aps[name].append(ap5([ids[i] for i in order[:5]], ev.item_id))
+                else:
+                    for v in aps.values():
+                        v.append(0.0)
+                store.append([ev])
+    finally:
+        pipeline.close()
+        shutil.rmtree(copy, ignore_errors=True)
+    return {name: float(np.mean(v)) for name, v in aps.items()}
 
 
 def map5(lists: Any, scores: list[np.ndarray], test: Any) -> float:
@@ -97,7 +186,7 @@ def main() -> None:
     from indexer.interactions import EventStore
     from indexer.store import build_index
     from reranker.base import PassThroughReranker
-    from reranker.clicks import judgments_from_events
+    from reranker.clicks import judgments_from_events, label_split
     from reranker.features import FeatureExtractor
     from reranker.pipeline import SearchPipeline
     from reranker.train import (
@@ -132,7 +221,11 @@ def main() -> None:
 
     t = time.perf_counter()
     cfg = TrainConfig(seed=args.seed, epochs=args.epochs, threads=args.threads)
-    run = train_reranker(index, settings=settings, cfg=cfg, from_events=True, label_share=args.label_share)
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    run = train_reranker(
+        index, settings=settings, cfg=cfg, from_events=True, label_share=args.label_share, cache=cache
+    )
     results["reranker"] = {
         "queries": run.queries,
         "val": run.val,
@@ -159,21 +252,38 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     runs = {
         "fused order (fixed weights)": fused_order_scores(lists.lists),
-        "CF source order": cf_order(lists),
+        "CF source order": [cf_scores(x.features) for x in lists.lists],
         "listwise Transformer trained on clicks": score_lists_with(run.model_dir, lists, pieces),
     }
+    # ablation: the same training lists with the cf:* score terms zeroed (the CF source's own
+    # score, rank and presence stay), trained and tested the same way
+    ablation = work / "models" / "without-cf-terms"
+    _, label_events = label_split(train, args.label_share)  # the split train_reranker made
+    labels = judgments_from_events(
+        label_events, settings.event_weights, eta=settings.cf_position_bias_eta, known_items=set(log.item)
+    )
+    results["without_cf_terms"] = train_without_cf_terms(cache, cfg, pieces, ablation, labels.qrels)
+    runs["same, without the cf:* features"] = score_lists_with(ablation, without_cf_terms(lists), pieces)
     for name, scores in runs.items():
         r = score_rankings(rank_lists(lists.lists, scores, DEPTH), judged.qrels, 10, DEPTH)
         rows[name] = {"map@5": map5(lists, scores, test), "ndcg@10": r["ndcg@10"]}
     results["test"] = rows
     results["test_queries"] = len(judged.queries)
+    t = time.perf_counter()
+    live = live_replay(index, work, settings, test, run.model_dir)
+    names = dict(zip(("fused", "cf", "reranker"), rows, strict=False))
+    for key, value in live.items():
+        rows[names[key]]["map@5_live"] = value
+    results["seconds_live_replay"] = round(time.perf_counter() - t, 1)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     print(
-        f"| run (Best Buy test part, {len(test)} clicks, {len(judged.queries)} queries) | MAP@5 | NDCG@10 |"
+        f"| run (Best Buy test part, {len(test)} clicks, {len(judged.queries)} queries) "
+        "| MAP@5 | NDCG@10 | MAP@5, live counting |"
     )
-    print("| --- | --- | --- |")
+    print("| --- | --- | --- | --- |")
     for name, r in rows.items():
-        print(f"| {name} | {r['map@5']:.4f} | {r['ndcg@10']:.4f} |")
+        live_cell = f"{r['map@5_live']:.4f}" if "map@5_live" in r else ""
+        print(f"| {name} | {r['map@5']:.4f} | {r['ndcg@10']:.4f} | {live_cell} |")
 
 
 if __name__ == "__main__":

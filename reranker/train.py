@@ -17,6 +17,7 @@ import json
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,7 @@ from shopsearch.errors import ConfigError, IndexCorruptError
 
 UNJUDGED = -1.0
 CACHE_VERSION = 1
-EVENT_SNAPSHOT = ".event-labels"  # INDEX/<this>: the copy whose CF model is fitted on older events
+EVENT_SNAPSHOT = ".event-labels-"  # INDEX/<this><random>: the copy whose CF model sees older events only
 
 
 # ====================================================================== splits
@@ -993,7 +994,8 @@ def _event_labels(
     with EventStore(index_dir, settings) as store:
         events = store.read()
     older, newer = label_split(events, share)
-    snap = index_dir / EVENT_SNAPSHOT
+    # one folder per run: two trainings on one index must not share a snapshot
+    snap = Path(tempfile.mkdtemp(prefix=EVENT_SNAPSHOT, dir=index_dir))
     pipeline = None
     try:
         snapshot_live_generation(index_dir, snap, fused=True)

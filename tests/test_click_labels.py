@@ -111,7 +111,12 @@ def test_train_from_events_fits_the_lists_cf_on_older_events_and_serves(tmp_path
         train_reranker(folder, settings=settings, cfg=cfg, from_events=True, progress=False)
     events = sample_clicks()
     with EventStore(folder, settings) as store:
-        store.append(events)
+        store.append(events[:40])  # the newest 8 name fewer than 10 queries
+    with pytest.raises(ConfigError, match="need at least 10"):
+        train_reranker(folder, settings=settings, cfg=cfg, from_events=True, progress=False)
+    assert not list(folder.glob(f"{EVENT_SNAPSHOT}*"))  # the snapshot is removed on failure too
+    with EventStore(folder, settings) as store:
+        store.append(events[40:])
 
     seen: list[EventLog] = []
     real = cf_train.train_cf
@@ -132,7 +137,9 @@ def test_train_from_events_fits_the_lists_cf_on_older_events_and_serves(tmp_path
     )
     assert seen[0].ts.max() <= newest  # the lists' CF model never saw a label event
     assert run.queries["label_queries"] == 21 and run.queries["validation"] > 0
-    assert not (folder / EVENT_SNAPSHOT).exists() and not (folder / "cf").exists()  # live index untouched
+    assert (
+        not list(folder.glob(f"{EVENT_SNAPSHOT}*")) and not (folder / "cf").exists()
+    )  # live index untouched
     saved = json.loads((run.model_dir / "config.json").read_text())["meta"]["train"]
     assert saved["select"] == "plain"  # clicks: epochs and head mix chosen on plain NDCG
 

@@ -443,12 +443,12 @@ def train_reranker_cmd(
         ),
     ] = False,
     label_share: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="--from-events: the newest share of the events that gives the labels; the CF features of "
-            "the training lists come from a CF model fitted on the rest."
+            help="--from-events: the newest share of the events that gives the labels (default 0.2); the CF "
+            "features of the training lists come from a CF model fitted on the rest."
         ),
-    ] = 0.2,
+    ] = None,
     index_dir: IndexOpt = Path("index"),
     config: ConfigOpt = None,
     split_train_only: Annotated[
@@ -487,6 +487,8 @@ def train_reranker_cmd(
 
     if model not in ("transformer", "lambdamart"):
         raise typer.BadParameter(f"--model must be transformer or lambdamart, got {model!r}")
+    if label_share is not None and not from_events:
+        raise typer.BadParameter("--label-share applies to --from-events only")
     settings = _settings(config, index_dir=index_dir)
     cfg = TrainConfig(
         epochs=epochs,
@@ -509,7 +511,7 @@ def train_reranker_cmd(
         cache=cache,
         fusion_folds=fusion_folds,
         from_events=from_events,
-        label_share=label_share,
+        label_share=0.2 if label_share is None else label_share,
         progress=not quiet,
         log=typer.echo,
     )

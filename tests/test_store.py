@@ -233,3 +233,31 @@ def test_rebuild_of_unchanged_catalog_encodes_nothing(tmp_path, built):
     assert first.encoded["text"] == 8 and first.encoded["image"] == 8
     again = build_index([catalog], index_dir, settings, progress=False)
     assert again.encoded == {"text": 0, "image": 0, "video": 0}
+
+
+def test_snapshot_links_the_live_generation_and_keeps_fused_only_when_asked(tmp_path):
+    from indexer.store import snapshot_live_generation
+
+    src = tmp_path / "index"
+    gen = src / "generations" / "gen-000002"
+    (gen / "fused").mkdir(parents=True)
+    (gen / "vectors.bin").write_bytes(b"v" * 64)
+    (gen / "fused" / "model.safetensors").write_bytes(b"m")
+    (gen / "wal.jsonl").write_text('{"op": "upsert"}\n')
+    (src / "generations" / "gen-000001").mkdir()  # an older generation: not copied
+    (src / "CURRENT").write_text("gen-000002\n")
+    (src / "embcache.sqlite").write_bytes(b"cache")
+
+    plain, with_fused = tmp_path / "plain", tmp_path / "with-fused"
+    snapshot_live_generation(src, plain)
+    snapshot_live_generation(src, with_fused, fused=True)
+    for dst in (plain, with_fused):
+        copy = dst / "generations" / "gen-000002"
+        assert (dst / "CURRENT").read_text().strip() == "gen-000002"
+        assert sorted(p.name for p in (dst / "generations").iterdir()) == ["gen-000002"]
+        assert (copy / "vectors.bin").read_bytes() == b"v" * 64
+        # the WAL is appended to in place by the live index: a real copy, never a link
+        assert (copy / "wal.jsonl").stat().st_ino != (gen / "wal.jsonl").stat().st_ino
+        assert (dst / "embcache.sqlite").read_bytes() == b"cache"
+    assert not (plain / "generations" / "gen-000002" / "fused").exists()  # a fusion training replaces it
+    assert (with_fused / "generations" / "gen-000002" / "fused" / "model.safetensors").read_bytes() == b"m"

@@ -131,15 +131,12 @@ def test_train_from_events_fits_the_lists_cf_on_older_events_and_serves(tmp_path
         folder, settings=settings, cfg=cfg, from_events=True, label_share=0.2, progress=False
     )
     newest = sorted(e.timestamp for e in events)[-run.queries["label_events"]]
-    assert (
-        len(seen) == 1
-        and len(seen[0]) == run.queries["cf_events"] == len(events) - run.queries["label_events"]
-    )
-    assert seen[0].ts.max() <= newest  # the lists' CF model never saw a label event
+    assert len(seen) == 1
+    assert len(seen[0]) == run.queries["cf_events"] == len(events) - run.queries["label_events"]
+    assert seen[0].ts.max() < newest  # the lists' CF model never saw a label event
     assert run.queries["label_queries"] == 21 and run.queries["validation"] > 0
-    assert (
-        not list(folder.glob(f"{EVENT_SNAPSHOT}*")) and not (folder / "cf").exists()
-    )  # live index untouched
+    # the live index is untouched: no snapshot left, no CF generation published into it
+    assert not list(folder.glob(f"{EVENT_SNAPSHOT}*")) and not (folder / "cf").exists()
     saved = json.loads((run.model_dir / "config.json").read_text())["meta"]["train"]
     assert saved["select"] == "plain"  # clicks: epochs and head mix chosen on plain NDCG
 

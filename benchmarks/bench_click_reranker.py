@@ -20,6 +20,8 @@ tuning or a choice.
   the clicked SKU's AP@5 is taken in each ranking: the fused order of the sources, the CF
   source's own order (its candidates first, in its order), and the re-ranker's order. Also
   NDCG@10 against each test query's weighted clicks.
+- Ablation: a second model trained on the same cached lists with the ``cf:*`` score terms
+  zeroed (the CF source's score, rank and presence stay), scored on the same test lists.
 - Live replay (the serving default, ``cf_live``): the test clicks in time order on a copy of the
   index, each query searched with every earlier test click stored and counted live, then its
   own click stored. The re-ranker was trained on static CF features; this shows whether it holds

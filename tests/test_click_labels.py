@@ -182,6 +182,10 @@ def test_cli_from_events_refuses_mixed_or_missing_labels(tmp_path):
     assert isinstance(res.exception, ConfigError) and "not both" in str(res.exception)
     res = runner.invoke(app, ["train-reranker", "--index", str(tmp_path)])
     assert isinstance(res.exception, ConfigError) and "--from-events" in str(res.exception)
+    res = runner.invoke(
+        app, ["train-reranker", "--from-events", "--fusion-folds", "2", "--index", str(tmp_path)]
+    )
+    assert isinstance(res.exception, ConfigError) and "event labels need none" in str(res.exception)
     res = runner.invoke(app, ["train-reranker", "--index", str(tmp_path), "--label-share", "0.3"])
     assert res.exit_code == 2 and "applies to --from-events only" in res.output
 

@@ -685,10 +685,10 @@ def _train_transformer(
     val_lists = [x for x in val.lists if x.variant == "clean"]
     history: list[dict[str, float]] = []
     best, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    key = selection_key(cfg.k, cfg.select)
     for epoch in range(1, cfg.epochs + 1):
         loss, state = fit.epoch(epoch, progress)
         heads = predict_heads(model, val_batcher, val_lists)
-        key = selection_key(cfg.k, cfg.select)
         mix, metrics, _ = choose_mix(heads, val_lists, qrels, cfg.k, cfg.depth, select=cfg.select)
         averaged = False
         if fit.avg_state is not None and fit.n_avg > 1:  # one epoch averaged is that epoch itself

@@ -201,10 +201,15 @@ class LiveClicks:
         i = self.model.item_index.get(item_id)
         return i if i is not None else self._new_index.get(item_id)
 
-    def item_events(self) -> np.ndarray:
-        """Weighted events per item since training (trained and new items)."""
+    def item_events(self, ids: np.ndarray) -> np.ndarray:
+        """Weighted events since training of the CF items ``ids`` (0 past the known ones): read per
+        query for the items it returns, so no copy of the whole array."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros(len(ids))
         with self._lock:
-            return self._item_events.copy()
+            known = ids < len(self._item_events)
+            out[known] = self._item_events[ids[known]]
+        return out
 
     def _grow(self, t: float, half_life: float) -> float:
         if half_life <= 0:

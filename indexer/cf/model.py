@@ -320,7 +320,7 @@ class CFModel:
                 "seen": seen_term[order],
                 "tokens": tok_p,
                 "interactions": _take(self.item_counts, top)
-                + (_take(live.item_events(), top) if live is not None else 0.0),
+                + (live.item_events(top) if live is not None else 0.0),
             }
         return ScoredItems(ids[order], score[order], how, how_score, personal, parts)
 

@@ -101,17 +101,6 @@ FEATURE_NAMES: tuple[str, ...] = _names()
 FEATURE_INDEX: dict[str, int] = {n: i for i, n in enumerate(FEATURE_NAMES)}
 CF_COLUMNS = np.asarray([FEATURE_INDEX[f"cf:{t}"] for t in CF_TERMS])
 
-# Feature groups that augmentation drops together and ablations refer to.
-FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
-    **{f"src:{s}": tuple(n for n in FEATURE_NAMES if n.startswith(f"src:{s}:")) for s in SOURCES},
-    "cf": tuple(f"cf:{t}" for t in CF_TERMS),
-    "cos": tuple(n for n in FEATURE_NAMES if n.startswith("cos:")),
-    "bm25f": tuple(n for n in FEATURE_NAMES if n.startswith("bm25f:")),
-    "overlap": ("cover_any", "cover_title", "cover_idf", "all_terms", "code_match", "brand_in_query"),
-    "wp": tuple(n for n in FEATURE_NAMES if n.startswith("wp:")),
-    "price": ("has_price", "log_price", "log_price_rel"),
-}
-
 # The LambdaMART baseline's "simple features": BM25, cosine, lengths, term overlap.
 SIMPLE_FEATURES: tuple[str, ...] = (
     "src:bm25:present",

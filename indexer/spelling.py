@@ -144,6 +144,11 @@ class Vocabulary:
     ids: np.ndarray  # int32 word index for each key
     extra: Counter[str] = field(default_factory=Counter)  # words of products upserted since the build
     units: dict[str, int] = field(default_factory=dict)  # unit usage marker -> products (no '#')
+    # which products use each word (CSR: word i's products are rows[ptr[i]:ptr[i + 1]]), to see
+    # whether a correction fits the rest of the query; None in vocabularies saved before it existed
+    post_ptr: np.ndarray | None = None
+    post_rows: np.ndarray | None = None
+    lexicon: frozenset[str] = frozenset()  # words of the language the catalog lacks (tokenizer_words)
 
     def __post_init__(self) -> None:
         self.version = 0  # bumped by add(): correctors recompute what depends on the counts
@@ -154,12 +159,18 @@ class Vocabulary:
             self._stem_df[self._stem(w)] += f
         self._stems = set(self._stem_df) | {self._stem(w) for w in self.extra}
         self._by_initial: dict[str, list[int]] | None = None  # built on the first distance-2 lookup
+        self._extra_rows: dict[str, set[int]] = {}  # products of upserts, by word
 
     @classmethod
-    def build(cls, word_sets: Iterable[set[str]], *, min_len: int = 3) -> Vocabulary:
-        """``word_sets``: the distinct words of each product (:func:`product_words`)."""
+    def build(
+        cls, word_sets: Iterable[set[str]], *, min_len: int = 3, lexicon: Iterable[str] = ()
+    ) -> Vocabulary:
+        """``word_sets``: the distinct words of each product (:func:`product_words`), in row order.
+        ``lexicon``: common words of the query language (``indexer.encoders.text.tokenizer_words``);
+        only those the catalog lacks are kept."""
+        sets = list(word_sets)
         counts: Counter[str] = Counter()
-        for ws in word_sets:
+        for ws in sets:
             counts.update(ws)
         units = {w[1:]: n for w, n in counts.items() if w.startswith(_MARK)}
         words = sorted(
@@ -171,18 +182,61 @@ class Vocabulary:
         pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]
         arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         order = np.argsort(arr[:, 0], kind="stable")
-        return cls(words, df, arr[order, 0].copy(), arr[order, 1].astype(np.int32), units=units)
+        index = {w: i for i, w in enumerate(words)}
+        word_of, row_of = [], []
+        for row, ws in enumerate(sets):
+            for w in ws:
+                i = index.get(w)
+                if i is not None:
+                    word_of.append(i)
+                    row_of.append(row)
+        by_word = np.argsort(np.asarray(word_of, dtype=np.int64), kind="stable")  # rows stay sorted
+        ptr = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(df, out=ptr[1:])
+        return cls(
+            words,
+            df,
+            arr[order, 0].copy(),
+            arr[order, 1].astype(np.int32),
+            units=units,
+            post_ptr=ptr,
+            post_rows=np.asarray(row_of, dtype=np.int32)[by_word],
+            lexicon=frozenset(w for w in lexicon if w not in counts and len(w) >= min_len and w.isalpha()),
+        )
 
     def unit_use(self, mark: str) -> int:
         """Products that write a unit or dimension this way ('inch', 'dims:joined')."""
         return self.units.get(mark, 0) + self.extra.get(_MARK + mark, 0)
 
-    def add(self, words: Iterable[str]) -> None:
-        """Words of a product upserted after the build: known from now on (never corrected)."""
+    def add(self, words: Iterable[str], row: int | None = None) -> None:
+        """Words of a product upserted after the build: known from now on (never corrected).
+        ``row``: its item row, so it counts in :meth:`together` too."""
         words = list(words)
         self.extra.update(words)
+        if row is not None:
+            for w in words:
+                self._extra_rows.setdefault(w, set()).add(row)
         self._stems.update(self._stem(w) for w in words)
         self.version += 1
+
+    @property
+    def has_postings(self) -> bool:
+        return self.post_ptr is not None and self.post_rows is not None
+
+    def together(self, words: Iterable[str]) -> bool:
+        """True when some product uses every one of ``words`` (exact forms)."""
+        if self.post_ptr is None or self.post_rows is None:
+            raise ValueError("this vocabulary was saved without its product lists")
+        common: set[int] | None = None
+        for w in sorted(set(words), key=self.freq):
+            i = self._index.get(w)
+            rows = set(self._extra_rows.get(w, ()))
+            if i is not None:
+                rows.update(self.post_rows[self.post_ptr[i] : self.post_ptr[i + 1]].tolist())
+            common = rows if common is None else common & rows
+            if not common:
+                return False
+        return common is not None
 
     def knows(self, word: str) -> bool:
         """True when the catalog has the word or another form of it (drill / drills)."""
@@ -233,7 +287,10 @@ class Vocabulary:
         np.save(d / "df.npy", self.df)
         np.save(d / "keys.npy", self.keys)
         np.save(d / "ids.npy", self.ids)
-        meta = {"format": _FORMAT, "words": self.words, "units": self.units}
+        if self.post_ptr is not None and self.post_rows is not None:
+            np.save(d / "post_ptr.npy", self.post_ptr)
+            np.save(d / "post_rows.npy", self.post_rows)
+        meta = {"format": _FORMAT, "words": self.words, "units": self.units, "lexicon": sorted(self.lexicon)}
         (d / "words.json").write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
@@ -248,14 +305,32 @@ class Vocabulary:
             df = np.load(d / "df.npy", mmap_mode="r")
             keys = np.load(d / "keys.npy", mmap_mode="r")
             ids = np.load(d / "ids.npy", mmap_mode="r")
+            ptr = rows = None
+            if (d / "post_ptr.npy").exists():  # vocabularies saved before product lists have none
+                ptr = np.load(d / "post_ptr.npy", mmap_mode="r")
+                rows = np.load(d / "post_rows.npy", mmap_mode="r")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(f"spelling vocabulary in {d} is unreadable: {exc}") from exc
-        if meta.get("format") != _FORMAT or len(df) != len(words) or len(keys) != len(ids):
+        units, lexicon = meta.get("units", {}), meta.get("lexicon", [])
+        if (
+            meta.get("format") != _FORMAT
+            or len(df) != len(words)
+            or len(keys) != len(ids)
+            or not isinstance(units, dict)
+            or not isinstance(lexicon, list)
+            or (ptr is not None and (len(ptr) != len(words) + 1 or int(ptr[-1]) != len(rows)))
+        ):
             raise IndexCorruptError(f"spelling vocabulary in {d} is inconsistent (rebuild the index)")
-        units = meta.get("units", {})
-        if not isinstance(units, dict):
-            raise IndexCorruptError(f"spelling vocabulary in {d} is inconsistent (rebuild the index)")
-        return cls(list(words), df, keys, ids, units={str(k): int(v) for k, v in units.items()})
+        return cls(
+            list(words),
+            df,
+            keys,
+            ids,
+            units={str(k): int(v) for k, v in units.items()},
+            post_ptr=ptr,
+            post_rows=rows,
+            lexicon=frozenset(map(str, lexicon)),
+        )
 
 
 @dataclass(frozen=True)
@@ -282,6 +357,14 @@ class SpellCorrector:
     3. for words of ``far_len`` letters or more, the closest catalog word two edits away with the
        same first letter ("maintance" -> "maintenance");
     4. two catalog words run together ("cornershower" -> "corner shower").
+
+    A common word of the language that the catalog lacks ("drill" in an electronics shop, "cheap",
+    "vinegar": the vocabulary's ``lexicon``) is more often a request for something the shop does not
+    sell than a typo, and turning it into another word shows unrelated products ("cordless drill"
+    searched as "cordless grill"). Such a word is replaced only when a product uses the
+    replacement together with another word of the query ("epoxy concrete pain" -> "paint": products
+    say "concrete paint"); alone in a query it is kept. Vocabularies saved before product lists
+    existed skip this check.
 
     The other way round, two query words the catalog writes as one also search that word
     (:meth:`joins`), and units follow the catalog's style (:meth:`units`).
@@ -367,21 +450,38 @@ class SpellCorrector:
     def correct(self, text: str) -> Correction:
         original = text
         text = self.units(text)
+        matches = list(_WORD.finditer(text))
+        fixes = [self.suggest(m.group(0).casefold()) for m in matches]
+        fixes = self._in_context(matches, fixes)
         changes: list[tuple[str, str]] = []
         out: list[str] = []
         last = 0
-        for m in _WORD.finditer(text):
-            word = m.group(0)
-            fix = self.suggest(word.casefold())
+        for m, fix in zip(matches, fixes, strict=True):
             if fix is not None:
                 out.append(text[last : m.start()])
                 out.append(fix)
                 last = m.end()
-                changes.append((word, fix))
+                changes.append((m.group(0), fix))
         if changes:
             out.append(text[last:])
             text = "".join(out)
         return Correction(self.joins(text), original, tuple(changes))
+
+    def _in_context(self, matches: list[re.Match[str]], fixes: list[str | None]) -> list[str | None]:
+        """Drops the fixes of common words whose replacement no product uses with another word
+        of the (corrected) query."""
+        v = self.vocab
+        if not v.lexicon or not v.has_postings:
+            return fixes
+        words = [(fix or m.group(0)).casefold().split() for m, fix in zip(matches, fixes, strict=True)]
+        out = list(fixes)
+        for i, (m, fix) in enumerate(zip(matches, fixes, strict=True)):
+            if fix is None or m.group(0).casefold() not in v.lexicon:
+                continue
+            others = {w for j, ws in enumerate(words) if j != i for w in ws if v.freq(w)}
+            if not any(v.together([*fix.split(), o]) for o in others):
+                out[i] = None
+        return out
 
     def joins(self, text: str) -> str:
         """Adds the catalog's one-word spelling after two query words it writes as one ("back

@@ -45,6 +45,7 @@ from indexer.durable import atomic_write_text, fsync_dir, fsync_tree
 from indexer.embcache import EmbeddingCache
 from indexer.encoders import load_image_encoder, load_text_encoder
 from indexer.encoders.base import ImageEncoder, TextEncoder
+from indexer.encoders.text import tokenizer_words
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
 from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
@@ -284,7 +285,10 @@ def _build_generation(
         for r in range(table.n_rows):
             f.write(json.dumps(table.product(r).to_dict(), ensure_ascii=False) + "\n")
     # the words query spelling correction may offer (indexer.spelling)
-    Vocabulary.build(product_words(table.product(r)) for r in range(table.n_rows)).save(tmp)
+    Vocabulary.build(
+        (product_words(table.product(r)) for r in range(table.n_rows)),
+        lexicon=tokenizer_words(settings.text_model),
+    ).save(tmp)
 
     manifest_indexes: dict[str, Any] = {}
     for modality in MODALITIES:
@@ -516,7 +520,8 @@ class LiveIndex:
             raise
         # a generation built before spelling correction existed gets its vocabulary now
         vocabulary = Vocabulary.load(path) or Vocabulary.build(
-            product_words(p) for p in table.rows if p is not None
+            (product_words(p) if p is not None else set() for p in table.rows),
+            lexicon=tokenizer_words(self.settings.text_model),
         )
         self.generation, self.path, self.manifest = name, path, manifest
         self.table, self.vectors, self.lexical = table, vectors, lexical
@@ -608,7 +613,7 @@ class LiveIndex:
                 products.append(p)
             self.lexical.upsert(products)
             for p in products:  # their words are known from now on: never "corrected" away
-                self.vocabulary.add(product_words(p))
+                self.vocabulary.add(product_words(p), self.table.id_to_row[p.id])
             if getattr(self, "fused", None) is not None:  # --- fusion model
                 rows = [self.table.id_to_row[p.id] for p in products]
                 self.fused.embed_rows(rows, self.table, self.vectors)

@@ -14,6 +14,7 @@ from conftest import write_small_catalog
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from indexer.encoders.text import tokenizer_words
 from indexer.product import Product
 from indexer.spelling import SpellCorrector, Vocabulary, damerau1, product_words
 from indexer.store import LiveIndex, build_index, current_generation
@@ -23,8 +24,10 @@ from shopsearch.errors import IndexCorruptError
 from shopsearch.settings import load_settings
 
 
-def vocab(*docs: str) -> Vocabulary:
-    return Vocabulary.build(product_words(Product(id=str(i), title=d)) for i, d in enumerate(docs))
+def vocab(*docs: str, lexicon: tuple[str, ...] = ()) -> Vocabulary:
+    return Vocabulary.build(
+        (product_words(Product(id=str(i), title=d)) for i, d in enumerate(docs)), lexicon=lexicon
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,6 +127,60 @@ def test_two_words_the_catalog_writes_as_one_search_both_spellings() -> None:
     assert c.correct("back door").text == "back door"  # 'backdoor' is no catalog word
 
 
+def test_common_words_change_only_where_the_rest_of_the_query_fits_the_replacement() -> None:
+    docs = (*["Concrete Paint Gray"] * 3, "Epoxy Floor Paint", "Charcoal Grill", "Grill Cleaning Brush")
+    common = ("drill", "pain", "much", "cheap", "grill", "paint")
+    v = vocab(*docs, lexicon=common)
+    assert v.lexicon == {"drill", "pain", "much", "cheap"}  # the catalog's own words are not kept
+    c = SpellCorrector(v)
+    # a real word the shop lacks: a request for something it does not sell, not a typo
+    assert not c.correct("cordless drill").changed  # no product has 'cordless' and 'grill'
+    assert not c.correct("drill").changed  # alone: nothing says it is a typo
+    assert not c.correct("pain").changed
+    assert c.correct("concrete pain").changes == (("pain", "paint"),)  # 'concrete paint' is sold
+    assert c.correct("epoxy pain").text == "epoxy paint"
+    assert c.correct("drill cleaning brush").text == "grill cleaning brush"
+    assert c.correct("concrete pain drill").text == "concrete paint drill"  # each word on its own
+    # the context may be a corrected word too; words outside the lexicon keep the old rule
+    assert c.correct("concerte pain").text == "concrete paint"
+    assert c.correct("gril").text == "grill" and c.correct("paitn").text == "paint"
+    # without a lexicon (a model without a tokenizer file) every unknown word is corrected
+    assert SpellCorrector(vocab(*docs)).correct("cordless drill").text == "cordless grill"
+
+
+def test_product_lists_answer_which_words_appear_together() -> None:
+    v = vocab("Desk Lamp", "Desk Chair", "Floor Lamp")
+    assert v.has_postings
+    assert v.together(["desk", "lamp"]) and v.together(["floor", "lamp"])
+    assert not v.together(["floor", "chair"]) and not v.together(["desk", "sofa"])
+    v.add(product_words(Product(id="new", title="Floor Chair")), row=3)
+    assert v.together(["floor", "chair"])  # an upserted product counts at once
+
+
+def test_tokenizer_words_are_the_whole_words_of_the_text_model(tmp_path: Path) -> None:
+    packaged = tokenizer_words("all-MiniLM-L6-v2")
+    assert {"drill", "cheap", "vinegar"} <= packaged and "dril" not in packaged
+    assert not any(w.startswith("#") or not w.isalpha() for w in packaged)
+    files = {
+        "wordpiece": {"model": {"type": "WordPiece", "vocab": {"Drill": 0, "##ing": 1, "ab": 2, "x1y": 3}}},
+        "unigram": {"model": {"type": "Unigram", "vocab": [["\u2581drill", -1.0], ["ing", -2.0]]}},
+        "bpe": {"model": {"type": "BPE", "vocab": {"\u0120drill": 0, "ing": 1}}},
+        "broken": None,
+    }
+    for name, tok in files.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "tokenizer.json").write_text("{not json" if tok is None else json.dumps(tok))
+        assert tokenizer_words(str(folder)) == (set() if tok is None else {"drill"}), name
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text("{}")
+    (bert / "vocab.txt").write_text("[PAD]\ndrill\n##ing\n")
+    assert tokenizer_words(str(bert)) == {"drill"}
+    assert tokenizer_words(str(tmp_path / "missing")) == set()  # the encoder reports that one
+
+
 def test_words_added_after_the_build_are_never_corrected() -> None:
     v = vocab("hoodie", "hoodie", "hoodie")
     c = SpellCorrector(v)
@@ -147,6 +204,17 @@ def test_vocabulary_files_round_trip_without_pickle(tmp_path: Path) -> None:
     assert loaded is not None and loaded.words == v.words and list(loaded.df) == list(v.df)
     assert loaded.units == v.units
     assert SpellCorrector(loaded).correct("cordles dril").text == "cordless drill"
+    common = vocab("Desk Lamp", "Desk Lamp", lexicon=("damp", "camp"))
+    common.save(tmp_path / "c")
+    back = Vocabulary.load(tmp_path / "c")
+    assert back is not None and back.lexicon == {"damp", "camp"} and back.together(["desk", "lamp"])
+    assert SpellCorrector(back).correct("desk damp").text == "desk lamp"
+    assert not SpellCorrector(back).correct("damp").changed
+    for name in ("post_ptr.npy", "post_rows.npy"):  # saved before product lists: no context check
+        (tmp_path / "c" / "spelling" / name).unlink()
+    old = Vocabulary.load(tmp_path / "c")
+    assert old is not None and not old.has_postings
+    assert SpellCorrector(old).correct("damp").text == "lamp"
     assert Vocabulary.load(tmp_path / "elsewhere") is None  # an index built before this existed
     (tmp_path / "spelling" / "ids.npy").write_bytes(b"garbage")
     with pytest.raises(IndexCorruptError, match="spelling"):
@@ -178,6 +246,9 @@ def test_misspelled_query_finds_what_the_right_spelling_finds(index_env: dict[st
     p = index_env["pipeline"]
     gen = index_env["index_dir"] / "generations" / current_generation(index_env["index_dir"])
     assert (gen / "spelling" / "words.json").exists()  # built with the generation
+    assert "damp" in Vocabulary.load(gen).lexicon  # the text model's words the catalog lacks
+    assert p.retriever.query_text("damp") == "damp"  # a real word: kept
+    assert p.retriever.query_text("desk damp") == "desk lamp"  # a desk lamp is sold
     resp = p.search(SearchRequest(text="stonware cofee mug", k=3))
     assert resp.correction is not None and resp.correction.text == "stoneware coffee mug"
     assert [r.id for r in resp.results] == top_ids(p, "stoneware coffee mug")

@@ -128,6 +128,46 @@ def _hub_snapshot(name: str) -> Path | None:
     return None
 
 
+def tokenizer_words(model: str) -> frozenset[str]:
+    """The whole words the text model's tokenizer holds as single tokens, lower-cased, 3+ letters.
+
+    A tokenizer's vocabulary is the common words of the language its model was trained on, so
+    query spelling correction (indexer.spelling) uses it to tell a real word the catalog lacks
+    ("drill" in an electronics shop: a request for something not sold) from a typo ("dril").
+    WordPiece, Unigram and BPE tokenizer.json files and BERT vocab.txt files are read; empty when
+    the model has none on disk (a hub name not cached here) or the file is unreadable."""
+    try:
+        ref = resolve_text_model(model)
+        folder = ref.local_dir or _hub_snapshot(ref.source)
+        words = [] if folder is None else _tokenizer_vocab_words(Path(folder))
+    except (ConfigError, EncoderError, OSError, ValueError) as exc:  # the encoder reports its own errors
+        log.info("no word list from the tokenizer of text model %r: %s", model, exc)
+        return frozenset()
+    return frozenset(w.casefold() for w in words if len(w) >= 3 and w.isalpha())
+
+
+def _tokenizer_vocab_words(folder: Path) -> list[str]:
+    tok = folder / "tokenizer.json"
+    if tok.is_file():
+        model = json.loads(tok.read_text(encoding="utf-8")).get("model") or {}
+        vocab, kind = model.get("vocab"), model.get("type")
+        if kind == "WordPiece" and isinstance(vocab, dict):
+            prefix = model.get("continuing_subword_prefix") or "##"
+            return [t for t in vocab if not t.startswith(prefix)]
+        starts = ("\u2581", "\u0120")  # word-initial markers: SentencePiece and byte-level BPE
+        if kind == "Unigram" and isinstance(vocab, list):
+            pieces = [t[0] for t in vocab if isinstance(t, list) and t and isinstance(t[0], str)]
+            return [t[1:] for t in pieces if t[:1] in starts]
+        if kind == "BPE" and isinstance(vocab, dict):
+            return [t[1:] for t in vocab if t[:1] in starts]
+        return []
+    vocab_txt = folder / "vocab.txt"
+    if vocab_txt.is_file():
+        lines = vocab_txt.read_text(encoding="utf-8").splitlines()
+        return [t.strip() for t in lines if not t.startswith("##")]
+    return []
+
+
 @contextlib.contextmanager
 def _offline_and_quiet(offline: bool) -> Iterator[None]:
     """Forbid hub access while loading a local model, and hide per-load progress bars."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -168,31 +169,28 @@ class Vocabulary:
         """``word_sets``: the distinct words of each product (:func:`product_words`), in row order.
         ``lexicon``: common words of the query language (``indexer.encoders.text.tokenizer_words``);
         only those the catalog lacks are kept."""
-        sets = list(word_sets)
-        counts: Counter[str] = Counter()
-        for ws in sets:
-            counts.update(ws)
-        units = {w[1:]: n for w, n in counts.items() if w.startswith(_MARK)}
+        rows_of: dict[str, array[int]] = {}  # word -> the rows using it, ascending (4 bytes each)
+        for row, ws in enumerate(word_sets):
+            for w in ws:
+                found = rows_of.get(w)
+                if found is None:
+                    found = rows_of[w] = array("i")
+                found.append(row)
+        units = {w[1:]: len(r) for w, r in rows_of.items() if w.startswith(_MARK)}
         words = sorted(
             w
-            for w in counts
+            for w in rows_of
             if len(w) >= min_len and not w.startswith(_MARK) and not any(c.isdigit() for c in w)
         )
-        df = np.array([counts[w] for w in words], dtype=np.int32)
+        df = np.array([len(rows_of[w]) for w in words], dtype=np.int32)
         pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]
         arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         order = np.argsort(arr[:, 0], kind="stable")
-        index = {w: i for i, w in enumerate(words)}
-        word_of, row_of = [], []
-        for row, ws in enumerate(sets):
-            for w in ws:
-                i = index.get(w)
-                if i is not None:
-                    word_of.append(i)
-                    row_of.append(row)
-        by_word = np.argsort(np.asarray(word_of, dtype=np.int64), kind="stable")  # rows stay sorted
         ptr = np.zeros(len(words) + 1, dtype=np.int64)
         np.cumsum(df, out=ptr[1:])
+        post = np.empty(int(ptr[-1]), dtype=np.int32)
+        for i, w in enumerate(words):
+            post[ptr[i] : ptr[i + 1]] = np.frombuffer(rows_of[w], dtype=np.int32)
         return cls(
             words,
             df,
@@ -200,8 +198,8 @@ class Vocabulary:
             arr[order, 1].astype(np.int32),
             units=units,
             post_ptr=ptr,
-            post_rows=np.asarray(row_of, dtype=np.int32)[by_word],
-            lexicon=frozenset(w for w in lexicon if w not in counts and len(w) >= min_len and w.isalpha()),
+            post_rows=post,
+            lexicon=frozenset(w for w in lexicon if w not in rows_of and len(w) >= min_len and w.isalpha()),
         )
 
     def unit_use(self, mark: str) -> int:

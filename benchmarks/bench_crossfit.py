@@ -2,6 +2,7 @@
 
     python benchmarks/bench_crossfit.py [--base .bench/index] [--full .bench/fusion-hd/index]
         [--work .bench/xfit] [--fused-weight 1.5] [--folds 2] [--seed 0] [--d-model N --ff N] [--refit]
+        [--candidates 100]
 
 Why: the re-ranker reads the fused source (rank, score) as features. If the fusion model was
 trained on the same queries the re-ranker trains on, those features are better on the training
@@ -51,6 +52,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / ".bench" / "xfit")
     ap.add_argument("--test-cache", type=Path, default=REPO / ".bench" / "rerank-fused")
     ap.add_argument("--fused-weight", type=float, default=1.5)
+    ap.add_argument(
+        "--candidates", type=int, default=100, help="Top-N per source in every list (serving: 'candidates')."
+    )
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -78,12 +82,17 @@ def main() -> None:
     weights = {"bm25": 1.0, "text": 0.6, "image": 1.0, "fused": args.fused_weight}
     train_q, test_q, qrels = hd_queries()
     fold = {q: fold_of(t, args.folds) for q, t in train_q.items()}
-    results: dict[str, Any] = {"folds": args.folds, "weights": weights, "fusion": {}}
+    results: dict[str, Any] = {
+        "folds": args.folds,
+        "weights": weights,
+        "candidates": args.candidates,
+        "fusion": {},
+    }
     parts, pieces = [], None
     for f in range(args.folds):
         idx = work / f"idx{f}"
         copy_index(args.base, idx)
-        settings = load_settings(None, index_dir=idx, source_weights=weights)
+        settings = load_settings(None, index_dir=idx, source_weights=weights, candidates=args.candidates)
         others = {q: t for q, t in train_q.items() if fold[q] != f}
         if not has_model(idx):
             t = time.perf_counter()
@@ -126,7 +135,9 @@ def main() -> None:
     )
     models = train_models(work, train, val, qrels, pieces, ns)
 
-    full_settings = load_settings(None, index_dir=args.full, source_weights=weights)
+    full_settings = load_settings(
+        None, index_dir=args.full, source_weights=weights, candidates=args.candidates
+    )
     pipeline = SearchPipeline.open(args.full, full_settings, reranker=PassThroughReranker())
     try:
         extractor = FeatureExtractor(pipeline.index)

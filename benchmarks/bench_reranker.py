@@ -93,6 +93,7 @@ def build_or_load(
                 data.meta.get("fusion") == s.fusion
                 and data.meta.get("weights", dict(s.source_weights)) == dict(s.source_weights)
                 and data.meta.get("variants") == list(variants)
+                and data.meta.get("candidates", 100) == s.candidates
             )
             if same and {x.qid for x in data.lists} <= set(queries):
                 _log(f"lists {name}: {len(data.lists)} from {path}")

@@ -167,6 +167,11 @@ class SearchOut(BaseModel):
     corrections: list[dict[str, str]] = Field(
         default_factory=list, description="Each changed word: {'from': typed, 'to': catalog word}."
     )
+    did_you_mean: str | None = Field(
+        None,
+        description="A query the catalog spells differently, offered but not searched: common words "
+        "no product uses (e.g. 'drill' in an electronics shop) are searched as typed.",
+    )
 
 
 class ProductIn(BaseModel):
@@ -572,8 +577,7 @@ def _response_out(request: Request, resp: SearchResponse) -> dict[str, Any]:
         "k": resp.k,
         "facets": resp.facets,
         "took_ms": resp.took_ms,
-        "corrected_query": resp.correction.text if resp.correction else None,
-        "corrections": [{"from": a, "to": b} for a, b in resp.correction.changes] if resp.correction else [],
+        **resp.spelling_fields(),
     }
 
 

@@ -155,8 +155,10 @@ def search(
         typer.echo(json.dumps(response_to_dict(resp), ensure_ascii=False, indent=2))
         return
     typer.echo(f"{resp.total} results in {resp.took_ms:.1f} ms")
-    if resp.correction is not None:
+    if resp.correction is not None and resp.correction.changed:
         typer.echo(f"showing results for: {resp.correction.text}  (--exact searches {query!r} as typed)")
+    if resp.correction is not None and resp.correction.suggestion:
+        typer.echo(f"did you mean: {resp.correction.suggestion}")
     for i, r in enumerate(resp.results, resp.offset + 1):
         p = r.product
         price = f"  ${p.price:,.2f}" if p.price is not None else ""
@@ -172,7 +174,7 @@ def response_to_dict(resp: Any) -> dict[str, Any]:
         "offset": resp.offset,
         "k": resp.k,
         "took_ms": resp.took_ms,
-        "corrected_query": resp.correction.text if resp.correction else None,
+        **resp.spelling_fields(),
         "results": [
             {
                 "id": r.id,
@@ -254,7 +256,7 @@ def demo(
     for q in ("black hoodie", "waterproof boots", "ceramic mug", "wterproof bots"):
         resp = pipeline.search(SearchRequest(text=q, k=3))
         typer.echo(f"\n'{q}': {resp.total} results in {resp.took_ms:.1f} ms")
-        if resp.correction is not None:
+        if resp.correction is not None and resp.correction.changed:
             typer.echo(f"   (showing results for '{resp.correction.text}')")
         for r in resp.results:
             typer.echo(f"   [{r.id}] {r.product.title}")

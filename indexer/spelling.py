@@ -336,10 +336,30 @@ class Correction:
     text: str  # the query to search with
     original: str
     changes: tuple[tuple[str, str], ...] = ()  # (query word, catalog word)
+    # common words kept as typed, spelled as the catalog's nearest words: offered ("did you
+    # mean"), not searched
+    suggestion: str | None = None
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+def _replace(
+    text: str, matches: list[re.Match[str]], fixes: list[str | None]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``text`` with each matched word that has a fix replaced, and the (word, fix) pairs."""
+    out: list[str] = []
+    changes: list[tuple[str, str]] = []
+    last = 0
+    for m, fix in zip(matches, fixes, strict=True):
+        if fix is not None:
+            out.append(text[last : m.start()])
+            out.append(fix)
+            last = m.end()
+            changes.append((m.group(0), fix))
+    out.append(text[last:])
+    return "".join(out), tuple(changes)
 
 
 class SpellCorrector:
@@ -361,8 +381,9 @@ class SpellCorrector:
     sell than a typo, and turning it into another word shows unrelated products ("cordless drill"
     searched as "cordless grill"). Such a word is replaced only when a product uses the
     replacement together with another word of the query ("epoxy concrete pain" -> "paint": products
-    say "concrete paint"); alone in a query it is kept. Vocabularies saved before product lists
-    existed skip this check.
+    say "concrete paint"); alone in a query it is kept. The replacement is still offered as
+    ``Correction.suggestion`` ("did you mean"). Vocabularies saved before product lists existed
+    skip this check.
 
     The other way round, two query words the catalog writes as one also search that word
     (:meth:`joins`), and units follow the catalog's style (:meth:`units`).
@@ -449,21 +470,13 @@ class SpellCorrector:
         original = text
         text = self.units(text)
         matches = list(_WORD.finditer(text))
-        fixes = [self.suggest(m.group(0).casefold()) for m in matches]
-        fixes = self._in_context(matches, fixes)
-        changes: list[tuple[str, str]] = []
-        out: list[str] = []
-        last = 0
-        for m, fix in zip(matches, fixes, strict=True):
-            if fix is not None:
-                out.append(text[last : m.start()])
-                out.append(fix)
-                last = m.end()
-                changes.append((m.group(0), fix))
-        if changes:
-            out.append(text[last:])
-            text = "".join(out)
-        return Correction(self.joins(text), original, tuple(changes))
+        offered = [self.suggest(m.group(0).casefold()) for m in matches]
+        fixes = self._in_context(matches, offered)
+        searched, changes = _replace(text, matches, fixes)
+        suggestion = None
+        if fixes != offered:
+            suggestion = self.joins(_replace(text, matches, offered)[0])
+        return Correction(self.joins(searched), original, changes, suggestion)
 
     def _in_context(self, matches: list[re.Match[str]], fixes: list[str | None]) -> list[str | None]:
         """Drops the fixes of common words whose replacement no product uses with another word

@@ -55,7 +55,18 @@ class SearchResponse:
     #  "price": [{"min": 0, "max": 25, "count": 3}, ...]}
     facets: dict[str, Any]
     took_ms: float
-    correction: Correction | None = None  # the query was searched as correction.text
+    # set when spelling correction searched correction.text (.changed) or offers a suggestion
+    correction: Correction | None = None
+
+    def spelling_fields(self) -> dict[str, Any]:
+        """The spelling part of a JSON response (API and ``shopsearch search --json`` alike)."""
+        c = self.correction
+        changed = c is not None and c.changed
+        return {
+            "corrected_query": c.text if c is not None and changed else None,
+            "corrections": [{"from": a, "to": b} for a, b in c.changes] if c is not None else [],
+            "did_you_mean": c.suggestion if c is not None else None,
+        }
 
 
 class SearchPipeline:

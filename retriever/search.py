@@ -50,7 +50,7 @@ class Retrieval:
     timings_ms: dict[str, float]
     query_vectors: dict[str, np.ndarray] = field(default_factory=dict)
     browse: bool = False
-    correction: Correction | None = None  # set when spelling correction changed the query
+    correction: Correction | None = None  # set when spelling correction changed the query or has a suggestion
 
 
 class Retriever:
@@ -132,7 +132,7 @@ class Retriever:
             rows = np.flatnonzero(mask)
             cands = [Candidate(row=int(r), id=table.product(int(r)).id, score=0.0) for r in rows]
             return Retrieval(cands, None, timings, browse=True)
-        if correction is not None and not correction.changed:
+        if correction is not None and not correction.changed and correction.suggestion is None:
             correction = None
 
         lists: dict[str, list[tuple[int, float]]] = {}

@@ -134,10 +134,14 @@ def test_common_words_change_only_where_the_rest_of_the_query_fits_the_replaceme
     assert v.lexicon == {"drill", "pain", "much", "cheap"}  # the catalog's own words are not kept
     c = SpellCorrector(v)
     # a real word the shop lacks: a request for something it does not sell, not a typo
-    assert not c.correct("cordless drill").changed  # no product has 'cordless' and 'grill'
+    kept = c.correct("cordless drill")  # no product has 'cordless' and 'grill'
+    assert not kept.changed and kept.text == "cordless drill"
+    assert kept.suggestion == "cordless grill"  # offered ("did you mean"), not searched
     assert not c.correct("drill").changed  # alone: nothing says it is a typo
+    assert c.correct("drill").suggestion == "grill"
     assert not c.correct("pain").changed
     assert c.correct("concrete pain").changes == (("pain", "paint"),)  # 'concrete paint' is sold
+    assert c.correct("concrete pain").suggestion is None and c.correct("gril").suggestion is None
     assert c.correct("epoxy pain").text == "epoxy paint"
     assert c.correct("drill cleaning brush").text == "grill cleaning brush"
     assert c.correct("concrete pain drill").text == "concrete paint drill"  # each word on its own
@@ -296,5 +300,12 @@ def test_api_reports_the_corrected_query(index_env: dict[str, Any]) -> None:
         exact = client.post("/search", json={"query": "trail zip hoodei", "spell_correction": False}).json()
         assert exact["corrected_query"] is None and exact["corrections"] == []
         plain = client.post("/search", json={"query": "trail zip hoodie"}).json()
-        assert plain["corrected_query"] is None
+        assert plain["corrected_query"] is None and plain["did_you_mean"] is None
+        # a common word no product uses is searched as typed; the catalog's word is offered
+        common = client.post("/search", json={"query": "damp", "k": 3}).json()
+        assert common["did_you_mean"] == "lamp"
+        assert common["corrected_query"] is None and common["corrections"] == []
+        fits = client.post("/search", json={"query": "desk damp", "k": 3}).json()
+        assert fits["corrected_query"] == "desk lamp" and fits["did_you_mean"] is None
+        assert fits["results"][0]["id"].startswith("l-")
         assert client.post("/search", json={"query": "mug", "spell_correction": "maybe"}).status_code == 422

@@ -164,6 +164,14 @@ def test_misspelled_query_shows_the_correction_and_can_be_searched_as_typed(
     assert "“black hoddie”" in status_text(driver)
     search_text(driver, "grey hodie")  # a new query is corrected again
     wait_for(driver, lambda d: "showing results for grey hoodie" in status_text(d), "the next correction")
+    # a common word the catalog lacks is searched as typed, and the catalog's word is offered
+    search_text(driver, "woman")
+    wait_for(driver, lambda d: "did you mean women?" in status_text(d), "the suggestion")
+    assert "showing results for" not in status_text(driver)
+    driver.find_element(By.CSS_SELECTOR, "#status a.search-suggestion").click()
+    wait_for(driver, lambda d: "“women”" in status_text(d), "the suggestion searched")
+    assert driver.find_element(By.ID, "q").get_attribute("value") == "women"
+    assert "did you mean" not in status_text(driver)
 
 
 def test_facet_click_filters_results(server: dict[str, Any], driver: Any) -> None:

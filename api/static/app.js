@@ -177,6 +177,17 @@
           })),
       );
     }
+    if (data.did_you_mean) { // common words searched as typed; the catalog's spelling is offered
+      const meant = data.did_you_mean;
+      els.status.append(
+        el("span", { class: "did-you-mean" },
+          " · did you mean ",
+          el("a", {
+            href: "#", class: "search-suggestion", text: meant,
+            onclick: (ev) => { ev.preventDefault(); els.q.value = meant; state.query = meant; state.exact = false; newSearch(); },
+          }), "?"),
+      );
+    }
     els.status.dataset.total = data.total;
     if (!n) renderEmpty(data.total ? "No more results on this page." : "Nothing matched. Try fewer words or remove a filter.");
     else els.grid.replaceChildren(...data.results.map(card));

@@ -222,19 +222,43 @@ class Vocabulary:
         return self.post_ptr is not None and self.post_rows is not None
 
     def together(self, words: Iterable[str]) -> bool:
-        """True when some product uses every one of ``words`` (exact forms)."""
+        """True when some product uses every one of ``words`` (exact forms). Starts from the rarest
+        word's products and looks each up in the next word's sorted list (binary search), so a
+        common word's long list is never read whole."""
         if self.post_ptr is None or self.post_rows is None:
             raise ValueError("this vocabulary was saved without its product lists")
-        common: set[int] | None = None
-        for w in sorted(set(words), key=self.freq):
-            i = self._index.get(w)
-            rows = set(self._extra_rows.get(w, ()))
-            if i is not None:
-                rows.update(self.post_rows[self.post_ptr[i] : self.post_ptr[i + 1]].tolist())
-            common = rows if common is None else common & rows
-            if not common:
+        ordered = sorted(set(words), key=self.freq)
+        if not ordered:
+            return False
+        common = self._rows(ordered[0])
+        for w in ordered[1:]:
+            if not len(common):
                 return False
-        return common is not None
+            common = common[self._uses(w, common)]
+        return bool(len(common))
+
+    def _rows(self, word: str) -> np.ndarray:
+        i = self._index.get(word)
+        base = np.asarray(self.post_rows[self.post_ptr[i] : self.post_ptr[i + 1]]) if i is not None else None
+        extra = self._extra_rows.get(word)
+        if extra:
+            more = np.fromiter(extra, dtype=np.int32, count=len(extra))
+            return more if base is None else np.union1d(base, more)
+        return base if base is not None else np.zeros(0, dtype=np.int32)
+
+    def _uses(self, word: str, rows: np.ndarray) -> np.ndarray:
+        """Mask over ``rows``: the products among them that use ``word``."""
+        mask = np.zeros(len(rows), dtype=bool)
+        i = self._index.get(word)
+        if i is not None:
+            base = self.post_rows[self.post_ptr[i] : self.post_ptr[i + 1]]
+            if len(base):
+                pos = np.minimum(np.searchsorted(base, rows), len(base) - 1)
+                mask |= np.asarray(base[pos]) == rows
+        extra = self._extra_rows.get(word)
+        if extra:
+            mask |= np.isin(rows, np.fromiter(extra, dtype=np.int32, count=len(extra)))
+        return mask
 
     def knows(self, word: str) -> bool:
         """True when the catalog has the word or another form of it (drill / drills)."""

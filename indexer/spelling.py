@@ -406,8 +406,8 @@ class SpellCorrector:
     searched as "cordless grill"). Such a word is replaced only when a product uses the
     replacement together with another word of the query ("epoxy concrete pain" -> "paint": products
     say "concrete paint"); alone in a query it is kept. The replacement is still offered as
-    ``Correction.suggestion`` ("did you mean"). Vocabularies saved before product lists existed
-    skip this check.
+    ``Correction.suggestion`` ("did you mean"). Vocabularies saved before product lists existed,
+    or built without a word list (a text model with no tokenizer file here), skip this check.
 
     The other way round, two query words the catalog writes as one also search that word
     (:meth:`joins`), and units follow the catalog's style (:meth:`units`).

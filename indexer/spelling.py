@@ -221,10 +221,10 @@ class Vocabulary:
     def has_postings(self) -> bool:
         return self.post_ptr is not None and self.post_rows is not None
 
-    def together(self, words: Iterable[str]) -> bool:
-        """True when some product uses every one of ``words`` (exact forms). Starts from the rarest
-        word's products and looks each up in the next word's sorted list (binary search), so a
-        common word's long list is never read whole."""
+    def together(self, words: Iterable[str], at_least: int = 1) -> bool:
+        """True when ``at_least`` products use every one of ``words`` (exact forms). Starts from the
+        rarest word's products and looks each up in the next word's sorted list (binary search),
+        so a common word's long list is never read whole."""
         if self.post_ptr is None or self.post_rows is None:
             raise ValueError("this vocabulary was saved without its product lists")
         ordered = sorted(set(words), key=self.freq)
@@ -232,10 +232,10 @@ class Vocabulary:
             return False
         common = self._rows(ordered[0])
         for w in ordered[1:]:
-            if not len(common):
+            if len(common) < at_least:
                 return False
             common = common[self._uses(w, common)]
-        return bool(len(common))
+        return len(common) >= max(at_least, 1)
 
     def _rows(self, word: str) -> np.ndarray:
         i = self._index.get(word)
@@ -404,8 +404,9 @@ class SpellCorrector:
     "vinegar": the vocabulary's ``lexicon``) is more often a request for something the shop does not
     sell than a typo, and turning it into another word shows unrelated products ("cordless drill"
     searched as "cordless grill"). Such a word is replaced only when a product uses the
-    replacement together with another word of the query ("epoxy concrete pain" -> "paint": products
-    say "concrete paint"); alone in a query it is kept. The replacement is still offered as
+    replacement together with another word of the query, in ``min_df`` products or more like any
+    offered word ("epoxy concrete pain" -> "paint": products say "concrete paint"); alone in a
+    query it is kept. The replacement is still offered as
     ``Correction.suggestion`` ("did you mean"). Vocabularies saved before product lists existed,
     or built without a word list (a text model with no tokenizer file here), skip this check.
 
@@ -503,8 +504,8 @@ class SpellCorrector:
         return Correction(self.joins(searched), original, changes, suggestion)
 
     def _in_context(self, matches: list[re.Match[str]], fixes: list[str | None]) -> list[str | None]:
-        """Drops the fixes of common words whose replacement no product uses with another word
-        of the (corrected) query."""
+        """Drops the fixes of common words whose replacement fewer than ``min_df`` products use
+        with another word of the (corrected) query."""
         v = self.vocab
         if not v.lexicon or not v.has_postings:
             return fixes
@@ -514,7 +515,7 @@ class SpellCorrector:
             if fix is None or m.group(0).casefold() not in v.lexicon:
                 continue
             others = {w for j, ws in enumerate(words) if j != i for w in ws if v.freq(w)}
-            if not any(v.together([*fix.split(), o]) for o in others):
+            if not any(v.together([*fix.split(), o], self.min_df) for o in others):
                 out[i] = None
         return out
 

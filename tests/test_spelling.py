@@ -128,7 +128,7 @@ def test_two_words_the_catalog_writes_as_one_search_both_spellings() -> None:
 
 
 def test_common_words_change_only_where_the_rest_of_the_query_fits_the_replacement() -> None:
-    docs = (*["Concrete Paint Gray"] * 3, "Epoxy Floor Paint", "Charcoal Grill", "Grill Cleaning Brush")
+    docs = (*["Concrete Paint Gray", "Epoxy Floor Paint", "Grill Cleaning Brush"] * 2, "Charcoal Grill")
     common = ("drill", "pain", "much", "cheap", "grill", "paint")
     v = vocab(*docs, lexicon=common)
     assert v.lexicon == {"drill", "pain", "much", "cheap"}  # the catalog's own words are not kept
@@ -145,6 +145,9 @@ def test_common_words_change_only_where_the_rest_of_the_query_fits_the_replaceme
     assert c.correct("epoxy pain").text == "epoxy paint"
     assert c.correct("drill cleaning brush").text == "grill cleaning brush"
     assert c.correct("concrete pain drill").text == "concrete paint drill"  # each word on its own
+    # one product is no evidence (a catalog has odd products, as it has typos)
+    assert c.correct("charcoal drill").text == "charcoal drill"
+    assert c.correct("charcoal drill").suggestion == "charcoal grill"
     # the context may be a corrected word too; words outside the lexicon keep the old rule
     assert c.correct("concerte pain").text == "concrete paint"
     assert c.correct("gril").text == "grill" and c.correct("paitn").text == "paint"
@@ -156,6 +159,7 @@ def test_product_lists_answer_which_words_appear_together() -> None:
     v = vocab("Desk Lamp", "Desk Chair", "Floor Lamp")
     assert v.has_postings
     assert v.together(["desk", "lamp"]) and v.together(["floor", "lamp"])
+    assert v.together(["lamp"], at_least=2) and not v.together(["desk", "lamp"], at_least=2)
     assert not v.together(["floor", "chair"]) and not v.together(["desk", "sofa"])
     v.add(product_words(Product(id="new", title="Floor Chair")), row=3)
     assert v.together(["floor", "chair"])  # an upserted product counts at once

@@ -225,7 +225,7 @@ class Vocabulary:
         """True when ``at_least`` products use every one of ``words`` (exact forms). Starts from the
         rarest word's products and looks each up in the next word's sorted list (binary search),
         so a common word's long list is never read whole."""
-        if self.post_ptr is None or self.post_rows is None:
+        if not self.has_postings:
             raise ValueError("this vocabulary was saved without its product lists")
         ordered = sorted(set(words), key=self.freq)
         if not ordered:
@@ -507,13 +507,16 @@ class SpellCorrector:
         """Drops the fixes of common words whose replacement fewer than ``min_df`` products use
         with another word of the (corrected) query."""
         v = self.vocab
-        if not v.lexicon or not v.has_postings:
+        common = [
+            (i, fix)
+            for i, (m, fix) in enumerate(zip(matches, fixes, strict=True))
+            if fix is not None and m.group(0).casefold() in v.lexicon
+        ]
+        if not common or not v.has_postings:  # the usual query: no common word to check
             return fixes
         words = [(fix or m.group(0)).casefold().split() for m, fix in zip(matches, fixes, strict=True)]
         out = list(fixes)
-        for i, (m, fix) in enumerate(zip(matches, fixes, strict=True)):
-            if fix is None or m.group(0).casefold() not in v.lexicon:
-                continue
+        for i, fix in common:
             others = {w for j, ws in enumerate(words) if j != i for w in ws if v.freq(w)}
             if not any(v.together([*fix.split(), o], self.min_df) for o in others):
                 out[i] = None

@@ -61,9 +61,8 @@ class SearchResponse:
     def spelling_fields(self) -> dict[str, Any]:
         """The spelling part of a JSON response (API and ``shopsearch search --json`` alike)."""
         c = self.correction
-        changed = c is not None and c.changed
         return {
-            "corrected_query": c.text if c is not None and changed else None,
+            "corrected_query": c.text if c is not None and c.changed else None,
             "corrections": [{"from": a, "to": b} for a, b in c.changes] if c is not None else [],
             "did_you_mean": c.suggestion if c is not None else None,
         }

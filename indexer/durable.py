@@ -9,6 +9,7 @@ a complete directory, which needs every one of these steps, in this order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -39,3 +40,11 @@ def atomic_write_text(path: Path, data: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def digest(data: bytes) -> str:
+    """sha256 of a published file's bytes. Model checkpoints list theirs in their config, so a
+    reader can tell complete weights from a half-finished copy (``cp -r`` writes the config
+    first) before a native loader meets them: LightGBM aborts the whole process on a truncated
+    model file instead of raising."""
+    return hashlib.sha256(data).hexdigest()

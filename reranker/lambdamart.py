@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from reranker.checkpoint import CONFIG_FILE, publish, read_weights
 from reranker.features import FEATURE_NAMES, SIMPLE_FEATURES
 from shopsearch.errors import ConfigError, IndexCorruptError
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from reranker.train import ListSet, QueryList
 
 MODEL_FILE = "lambdamart.txt"
-CONFIG_FILE = "config.json"
 MAX_GRADE = 30
 
 
@@ -75,7 +75,6 @@ class LambdaMART:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / (MODEL_FILE + ".tmp")
         self.booster.save_model(str(tmp), num_iteration=self.best_iteration)
-        tmp.replace(folder / MODEL_FILE)
         doc = {
             "format": 1,
             "kind": "lambdamart",
@@ -83,9 +82,7 @@ class LambdaMART:
             "best_iteration": self.best_iteration,
             "meta": self.meta,
         }
-        tmp_c = folder / (CONFIG_FILE + ".tmp")
-        tmp_c.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        tmp_c.replace(folder / CONFIG_FILE)
+        publish(folder, doc, {MODEL_FILE: tmp})
 
     @classmethod
     def load(cls, folder: Path) -> LambdaMART:
@@ -94,16 +91,27 @@ class LambdaMART:
         folder = Path(folder)
         try:
             doc = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-            booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
+            text = read_weights(folder, doc, MODEL_FILE).decode("utf-8")
+            if not _complete_model_text(text):  # LightGBM would abort the process, not raise
+                raise IndexCorruptError(
+                    f"LambdaMART model {folder / MODEL_FILE} is cut short (still being copied?)"
+                )
+            booster = lgb.Booster(model_str=text)
         except FileNotFoundError as exc:
             raise IndexCorruptError(f"LambdaMART checkpoint {folder} is incomplete: {exc.filename}") from None
-        except (OSError, json.JSONDecodeError, lgb.basic.LightGBMError) as exc:
+        except (OSError, ValueError, AttributeError, lgb.basic.LightGBMError) as exc:
             raise IndexCorruptError(f"LambdaMART checkpoint {folder} is unreadable: {exc}") from None
         if doc.get("kind") != "lambdamart":
             raise IndexCorruptError(
                 f"{folder}/{CONFIG_FILE} is a {doc.get('kind')!r} checkpoint, not LambdaMART"
             )
         return cls(booster, tuple(doc["features"]), int(doc.get("best_iteration") or 0), doc.get("meta", {}))
+
+
+def _complete_model_text(text: str) -> bool:
+    """A LightGBM text model ends with its parameters block and the pandas line after it."""
+    tail = text[-4096:]
+    return "end of trees" in text and "end of parameters" in tail and "pandas_categorical:" in tail
 
 
 def _matrix(

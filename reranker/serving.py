@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -275,12 +276,30 @@ def load_scorer(folder: Path, pieces: WordPieces | None, backend: Backend = "onn
 
 
 # ====================================================================== the re-ranker
-def _stamp(folder: Path) -> tuple[int, int] | None:
+Stamp = tuple[tuple[str, int, int], ...]
+
+
+def _stamp(folder: Path) -> Stamp | None:
+    """config.json and the checkpoint's other files (not temporary files or the ONNX export made
+    here), so a copy whose weights land after its config changes the stamp again: a checkpoint
+    found incomplete is retried once the copy is done. None while there is no config."""
     try:
         st = (Path(folder) / "config.json").stat()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    parts = [("config.json", st.st_mtime_ns, st.st_size)]
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name == "config.json" or e.name == _ONNX_FILE or e.name.startswith("."):
+                    continue
+                if e.name.endswith(".tmp") or not e.is_file():
+                    continue
+                fst = e.stat()
+                parts.append((e.name, fst.st_mtime_ns, fst.st_size))
+    except OSError:
+        pass
+    return tuple(sorted(parts))
 
 
 class LearnedReranker(Reranker):
@@ -310,7 +329,7 @@ class LearnedReranker(Reranker):
         self.background = background
         self._extractor = extractor
         self._scorer: Scorer | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Stamp | None = None
         self._checked = time.monotonic()
         self._swap_lock = threading.Lock()
         self._loading: threading.Thread | None = None
@@ -357,7 +376,7 @@ class LearnedReranker(Reranker):
         return out
 
     # ----------------------------------------------------------------- hot swap
-    def _load(self) -> tuple[Scorer, tuple[int, int] | None]:
+    def _load(self) -> tuple[Scorer, Stamp | None]:
         stamp = _stamp(self.folder)
         scorer = load_scorer(self.folder, self.extractor.pieces, self.backend)
         self.extractor.warm()  # first model: build the item store before searches need it
@@ -383,7 +402,7 @@ class LearnedReranker(Reranker):
             self._loading.start()
         return True
 
-    def _swap_in(self, stamp: tuple[int, int]) -> None:
+    def _swap_in(self, stamp: Stamp) -> None:
         try:
             scorer, _ = self._load()
         except Exception as exc:  # noqa: BLE001 - keep serving the old model, say why

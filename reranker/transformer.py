@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from reranker.checkpoint import CONFIG_FILE, publish, read_weights
 from shopsearch.errors import IndexCorruptError
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -212,16 +212,13 @@ def save_checkpoint(model: ListwiseTransformer, folder: Path, meta: dict[str, An
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp_w = folder / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp_w))
-    tmp_w.replace(folder / WEIGHTS_FILE)
     doc = {
         "format": CHECKPOINT_FORMAT,
         "kind": "listwise-transformer",
         "model": asdict(model.config),
         "meta": meta or {},
     }
-    tmp_c = folder / (CONFIG_FILE + ".tmp")
-    tmp_c.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    tmp_c.replace(folder / CONFIG_FILE)
+    publish(folder, doc, {WEIGHTS_FILE: tmp_w})
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -232,6 +229,8 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise IndexCorruptError(f"re-ranker checkpoint {folder} has no {CONFIG_FILE}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise IndexCorruptError(f"re-ranker config {path} is unreadable: {exc}") from None
+    if not isinstance(doc, dict):
+        raise IndexCorruptError(f"re-ranker config {path} is not a JSON object")
     if doc.get("format") != CHECKPOINT_FORMAT:
         raise IndexCorruptError(
             f"re-ranker checkpoint {folder} has format {doc.get('format')}, this engine reads "
@@ -243,7 +242,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 def load_checkpoint(folder: Path) -> tuple[ListwiseTransformer, dict[str, Any]]:
     """The model in eval mode and the config document; IndexCorruptError names what is wrong."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     doc = read_config(folder)
     if doc.get("kind") != "listwise-transformer":
@@ -253,11 +252,9 @@ def load_checkpoint(folder: Path) -> tuple[ListwiseTransformer, dict[str, Any]]:
     try:
         config = ModelConfig.from_dict(doc["model"])
         model = ListwiseTransformer(config)
-        state = load_file(str(Path(folder) / WEIGHTS_FILE))
+        state = load(read_weights(folder, doc, WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)
-    except FileNotFoundError:
-        raise IndexCorruptError(f"re-ranker checkpoint {folder} has no {WEIGHTS_FILE}") from None
-    except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         raise IndexCorruptError(f"re-ranker checkpoint {folder} does not match its config: {exc}") from None
     model.eval()
     return model, doc

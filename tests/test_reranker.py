@@ -24,6 +24,7 @@ from reranker.features import (
     _Postings,
     code_tokens,
 )
+from reranker.lambdamart import LambdaMART
 from reranker.train import (
     UNJUDGED,
     ListSet,
@@ -313,10 +314,17 @@ def test_bad_configs_and_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(IndexCorruptError, match="no config.json"):
         load_checkpoint(tmp_path)
     save_checkpoint(_model(), tmp_path / "m")
-    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(IndexCorruptError, match="does not match|unreadable"):
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "m" / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # half copied
+    with pytest.raises(IndexCorruptError, match="do not match the digest"):
         load_checkpoint(tmp_path / "m")
     doc = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert set(doc["files"]) == {"model.safetensors"}
+    del doc["files"]  # a checkpoint saved before digests: the loader still names the problem
+    (tmp_path / "m" / "config.json").write_text(json.dumps(doc))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(IndexCorruptError, match="does not match its config"):
+        load_checkpoint(tmp_path / "m")
     doc["format"] = 99
     (tmp_path / "m" / "config.json").write_text(json.dumps(doc))
     with pytest.raises(IndexCorruptError, match="format 99"):
@@ -460,6 +468,32 @@ def test_train_serve_hot_swap_and_lambdamart(sample_index, tmp_path):
         assert pipe.reload_reranker().startswith("lambdamart")
         res = pipe.search(SearchRequest(text="red mug", k=3))
         assert res.results
+        # a copy that wrote the config before the weights (cp -r): LightGBM would abort the whole
+        # process on the cut-short file; it is refused, the old model serves, and the finished
+        # copy is picked up by itself
+        text = (ckpt / "lambdamart.txt").read_bytes()
+        swaps = pipe.reranker.swaps
+        (ckpt / "lambdamart.txt").write_bytes(text[:5000])
+        pipe.reranker._checked = 0.0
+        assert pipe.search(SearchRequest(text="red mug", k=3)).results
+        pipe.reranker.wait_for_reload()
+        assert pipe.reranker.swaps == swaps and "digest" in pipe.reranker.last_error
+        assert pipe.reranker.name.startswith("lambdamart")
+        (ckpt / "lambdamart.txt").write_bytes(text)
+        pipe.reranker._checked = 0.0
+        pipe.search(SearchRequest(text="red mug", k=3))
+        pipe.reranker.wait_for_reload()
+        assert pipe.reranker.swaps == swaps + 1 and pipe.reranker.last_error is None
+        # saved before digests existed: the structure check catches a cut-short file
+        old = tmp_path / "old-lambdamart"
+        shutil.copytree(ckpt, old)
+        doc = json.loads((old / "config.json").read_text())
+        del doc["files"]
+        (old / "config.json").write_text(json.dumps(doc))
+        assert LambdaMART.load(old).features == tuple(doc["features"])
+        (old / "lambdamart.txt").write_bytes(text[: len(text) - 200])
+        with pytest.raises(IndexCorruptError, match="cut short"):
+            LambdaMART.load(old)
     finally:
         pipe.close()
 

@@ -773,13 +773,14 @@ def create_app(
         after the last training are placed by their content vectors (cold start)."""
         index = pipeline.index
         index.maybe_reload()
-        table = index.table
-        hits = pipeline.retriever.cf.similar(item_id, k, table, table.mask(), index.vectors)
-        results = []
-        for row, score, source in hits:
-            product = table.rows[row]
-            if product is not None:
-                results.append({**_product_out(request, product), "score": round(score, 6), "source": source})
+        with index.reading():
+            table = index.table
+            hits = pipeline.retriever.cf.similar(item_id, k, table, table.mask(), index.vectors)
+            results = [
+                {**_product_out(request, product), "score": round(score, 6), "source": source}
+                for row, score, source in hits
+                if (product := table.rows[row]) is not None
+            ]
         return {"id": item_id, "results": results, "cf": pipeline.retriever.cf.info().get("generation")}
 
     @app.post("/events", tags=["events"], dependencies=[Depends(require_key)])

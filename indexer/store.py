@@ -49,7 +49,7 @@ from indexer.encoders.text import tokenizer_words
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
 from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
-from indexer.locks import file_lock
+from indexer.locks import ReadWriteLock, file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.spelling import Vocabulary, product_words
@@ -470,6 +470,8 @@ class LiveIndex:
         self.settings = settings
         self.encoders = encoders or Encoders(settings)
         self._write_mutex = threading.RLock()
+        # searches read under it; applying a write or swapping in a generation takes it alone
+        self.state_lock = ReadWriteLock()
         self._load()
 
     # ----------------------------------------------------------------- loading
@@ -544,10 +546,15 @@ class LiveIndex:
         except FileNotFoundError:
             return 0
 
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Hold for a whole search: no write or reload lands half-way through it."""
+        return self.state_lock.reading()
+
     def maybe_reload(self, min_interval: float = 1.0) -> bool:
-        """Pick up a generation published by another process (checked at most once a second)."""
+        """Pick up a generation published by another process (checked at most once a second).
+        Inside a search (:meth:`reading`) it waits for the next call."""
         now = time.monotonic()
-        if now - self._checked_at < min_interval:
+        if now - self._checked_at < min_interval or self.state_lock.reading_here():
             return False
         self._checked_at = now
         if (
@@ -555,7 +562,7 @@ class LiveIndex:
             and current_generation(self.index_dir) == self.generation
         ):
             return self._refresh_fused()
-        with self._write_mutex:
+        with self._write_mutex, self.state_lock.writing():
             self._load()
         return True
 
@@ -565,11 +572,11 @@ class LiveIndex:
 
         if fused_stamp(self.path) == self._fused_stamp:
             return False
-        with self._write_mutex:
+        with self._write_mutex, self.state_lock.writing():
             return refresh_fused(self)
 
     def reload(self) -> None:
-        with self._write_mutex:
+        with self._write_mutex, self.state_lock.writing():
             self._load()
 
     # ----------------------------------------------------------------- WAL
@@ -672,7 +679,8 @@ class LiveIndex:
             if entries:
                 rec = {"op": "upsert", "items": entries, "ts": time.time()}
                 self._append_wal([rec])
-                self._apply(rec, commit=True)
+                with self.state_lock.writing():
+                    self._apply(rec, commit=True)
                 _report_rejected(self.lexical, report)
         return report
 
@@ -695,7 +703,8 @@ class LiveIndex:
             if existing:
                 rec = {"op": "delete", "ids": existing, "ts": time.time()}
                 self._append_wal([rec])
-                self._apply(rec, commit=True)
+                with self.state_lock.writing():
+                    self._apply(rec, commit=True)
         return existing
 
     # ----------------------------------------------------------------- reads

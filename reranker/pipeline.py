@@ -101,32 +101,31 @@ class SearchPipeline:
             if req.image is not None
             else None
         )
-        retrieval = self.retriever.retrieve(
-            req.text,
-            image,
-            req.filters,
-            depth=req.offset + req.k,
-            explain=req.explain,
-            user_id=req.user_id,
-            spell=req.spell_correction,
-        )
-        ranked = retrieval.candidates if retrieval.browse else self.reranker.rerank(retrieval)
-        table = self.index.table
-        page = ranked[req.offset : req.offset + req.k]
-        results = []
-        for c in page:
-            product = table.rows[c.row]
-            if product is None:  # deleted between retrieval and paging
-                continue
-            results.append(
+        self.index.maybe_reload()
+        with self.index.reading():  # writes wait for the whole search, re-ranking included
+            retrieval = self.retriever.retrieve(
+                req.text,
+                image,
+                req.filters,
+                depth=req.offset + req.k,
+                explain=req.explain,
+                user_id=req.user_id,
+                spell=req.spell_correction,
+            )
+            ranked = retrieval.candidates if retrieval.browse else self.reranker.rerank(retrieval)
+            table = self.index.table
+            page = ranked[req.offset : req.offset + req.k]
+            results = [
                 SearchResult(
                     id=c.id,
                     score=round(c.score, 6),
                     product=product,
                     explain=_explain(c) if req.explain else None,
                 )
-            )
-        facets = table.facets(c.row for c in ranked)
+                for c in page
+                if (product := table.rows[c.row]) is not None
+            ]
+            facets = table.facets(c.row for c in ranked)
         return SearchResponse(
             results=results,
             total=len(ranked),

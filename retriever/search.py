@@ -103,7 +103,35 @@ class Retriever:
         each alone); sources with weight 0 in the settings are skipped entirely.
         ``query_vectors`` passes precomputed normalised query vectors by source (batch
         evaluation encodes all queries at once) instead of calling the encoders; they must be
-        the encodings of :meth:`query_text`. ``spell``: overrides the spelling-correction setting."""
+        the encodings of :meth:`query_text`. ``spell``: overrides the spelling-correction setting.
+        Runs under the index's read lock: a write lands before or after it, never half-way."""
+        self.index.maybe_reload()
+        with self.index.reading():
+            return self._retrieve(
+                text,
+                image,
+                filters,
+                depth=depth,
+                explain=explain,
+                sources=sources,
+                query_vectors=query_vectors,
+                user_id=user_id,
+                spell=spell,
+            )
+
+    def _retrieve(
+        self,
+        text: str | None,
+        image: Image.Image | None,
+        filters: Filters | None,
+        *,
+        depth: int | None,
+        explain: bool,
+        sources: set[str] | None,
+        query_vectors: Mapping[str, np.ndarray] | None,
+        user_id: str | None,
+        spell: bool | None,
+    ) -> Retrieval:
         given = query_vectors or {}
         filters = filters or Filters()
         weights_cfg = self.settings.source_weights
@@ -112,7 +140,6 @@ class Retriever:
             return (sources is None or source in sources) and weights_cfg.get(source, 1.0) > 0
 
         index = self.index
-        index.maybe_reload()
         t = time.perf_counter()
         correction = self.correct(text, spell=spell)
         t_spell = _ms(t)

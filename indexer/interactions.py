@@ -47,6 +47,7 @@ SALT_NAME = "salt"
 FORMAT_VERSION = 1
 MAX_ID_CHARS = 512
 MAX_QUERY_CHARS = 1000
+MAX_POSITION = 1_000_000  # result positions past this are not a position (and overflow storage)
 MAX_ISSUES = 1000  # issues kept in a report; the counts are always complete
 _BATCH = 5000
 
@@ -224,7 +225,10 @@ def parse_timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a timestamp")
     if isinstance(value, int | float):
-        t = float(value)
+        try:
+            t = float(value)
+        except OverflowError:  # an integer past float range (JSON allows 1 followed by 400 zeros)
+            raise ValueError("timestamp is not a finite number") from None
     elif isinstance(value, datetime):
         t = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     elif isinstance(value, str) and value.strip():
@@ -268,6 +272,19 @@ def _id_field(raw: Mapping[str, Any], name: str, required: bool) -> str | None:
     return text
 
 
+def _strip_bom(lines: Iterator[str]) -> Iterator[str]:
+    for n, line in enumerate(lines):
+        yield line[1:] if n == 0 and line.startswith("\ufeff") else line
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def hash_id(value: str, salt: bytes) -> str:
     """Keyed hash of a user/session id: stable for one salt, useless without it."""
     return hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
@@ -297,6 +314,10 @@ class EventParser:
         """Raises ``_Bad`` (internal) with the field and reason."""
         if not isinstance(raw, Mapping):
             raise _Bad(None, "an event must be a JSON object", "not an object")
+        # JSON may carry lone surrogates ("\ud800"), CSV undecodable bytes: neither can be stored
+        for key, value in raw.items():
+            if isinstance(value, str) and not _is_utf8(value):
+                raise _Bad(str(key), f"{key} is not valid UTF-8 text", "bad value")
         item = _id_field(raw, "item_id", True)
         assert item is not None
         kind_raw = raw.get("event")
@@ -333,10 +354,17 @@ class EventParser:
         if pos_raw is not None and pos_raw != "" and not (isinstance(pos_raw, float) and math.isnan(pos_raw)):
             try:
                 position = int(float(pos_raw))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: infinity, 1e400
                 position = None
-            if position is None or position < 1 or isinstance(pos_raw, bool) or float(pos_raw) != position:
-                raise _Bad("position", "position must be an integer >= 1 (1 = top)", "bad value")
+            if (
+                position is None
+                or not 1 <= position <= MAX_POSITION
+                or isinstance(pos_raw, bool)
+                or float(pos_raw) != position
+            ):
+                raise _Bad(
+                    "position", f"position must be an integer from 1 (top) to {MAX_POSITION:,}", "bad value"
+                )
         if self.known_item is not None and not self.known_item(item):
             raise _Bad("item_id", f"unknown item {item[:80]!r}", "unknown item")
         if self.salt is not None:
@@ -394,26 +422,30 @@ def read_event_rows(path: Path, field_map: Mapping[str, str] | None = None) -> I
 
     try:
         if fmt == "jsonl":
-            with open(path, encoding="utf-8", errors="strict") as f:
-                n = 0
-                while True:
-                    n += 1
+            # bytes, decoded line by line: a text stream decodes whole chunks, so one bad byte
+            # used to cost every line around it
+            with open(path, "rb") as fb:
+                for n, data in enumerate(fb, 1):
+                    if n == 1 and data.startswith(b"\xef\xbb\xbf"):
+                        data = data[3:]  # a byte-order mark
                     try:
-                        line = f.readline()
+                        line = data.decode("utf-8")
                     except UnicodeDecodeError:
                         yield n, _Bad(None, "line is not valid UTF-8", "unreadable row")
                         continue
-                    if not line:
-                        break
                     if not line.strip():
                         continue
                     try:
                         yield n, mapped(json.loads(line))
                     except json.JSONDecodeError as exc:
                         yield n, _Bad(None, f"not valid JSON ({exc.msg})", "unreadable row")
+                    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                        yield n, _Bad(None, f"not readable JSON ({exc})", "unreadable row")
         elif fmt in ("csv", "tsv"):
-            with open(path, encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
+            with open(path, "rb") as fb:
+                # undecodable bytes stay in their row (as surrogates) and reject only that row
+                lines = (b.decode("utf-8", "surrogateescape") for b in fb)
+                reader = csv.DictReader(_strip_bom(lines), delimiter="\t" if fmt == "tsv" else ",")
                 for n, raw in enumerate(reader, 2):  # the header is line 1
                     if None in raw:
                         yield n, _Bad(None, "row has more cells than the header", "unreadable row")

@@ -583,6 +583,12 @@ def test_events_train_reload_search_and_similar_end_to_end(api_index):
             {"field": "events.200.item_id", "reason": "unknown item 'no-such-item'"}
         ]
         assert client.post("/events", json={"events": []}).status_code == 422
+        # numbers past float or storage range are their event's issue, not a 500 for the batch
+        odd = [{**events[0], "position": float("inf")}, {**events[0], "timestamp": 10**400}]
+        body = json.dumps({"events": odd})  # Infinity: valid for Python's parser, not for httpx's
+        r = client.post("/events", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["accepted"] == 0
+        assert [i["field"] for i in r.json()["issues"]] == ["events.0.position", "events.1.timestamp"]
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(

@@ -76,6 +76,16 @@ BAD = [
         "position",
         "bad value",
     ),
+    # past float or SQLite integer range: reported like any bad value, not an OverflowError
+    *[
+        (
+            {"query": "q", "item_id": "a", "event": "click", "timestamp": 1714557700, "position": p},
+            "position",
+            "bad value",
+        )
+        for p in (float("inf"), 10**400, 2**70)
+    ],
+    ({"query": "q", "item_id": "a", "event": "click", "timestamp": 10**400}, "timestamp", "bad timestamp"),
     ({"item_id": "a", "event": "click", "timestamp": 1714557700}, "user_id", "missing field"),
     (
         {"query": SECRET_QUERY, "item_id": "a", "event": "click", "timestamp": float("nan")},
@@ -100,7 +110,7 @@ def test_timestamps_parse_every_common_form():
     assert parse_timestamp(t) == t
     assert parse_timestamp(str(int(t))) == t
     assert parse_timestamp(int(t * 1000)) == t  # epoch milliseconds
-    for bad in ("yesterday", "", float("inf"), True, -5, [1]):
+    for bad in ("yesterday", "", float("inf"), True, -5, [1], 10**400):
         with pytest.raises(ValueError):
             parse_timestamp(bad)
 
@@ -124,7 +134,7 @@ def test_good_and_bad_events_are_counted_and_reported_without_query_text(tmp_pat
     assert by_line[len(rows) + 1].reason.startswith("not valid JSON")
     assert "must be a JSON object" in by_line[len(rows) + 2].reason
     assert report.by_reason["unknown item"] == 1
-    assert report.by_reason["bad timestamp"] == 2
+    assert report.by_reason["bad timestamp"] == 3
     assert report.by_reason["unreadable row"] == 1
     # privacy: the raw query never appears in what is printed or returned
     assert SECRET_QUERY not in report.summary()
@@ -298,3 +308,29 @@ def test_cli_events_import_reports_bad_rows_and_stats(tmp_path):
     assert stats["events"] == 4 and stats["by_event"]["click"] == 1
     proc = cli("events", "import", str(tmp_path / "nope.jsonl"), "--index", str(index))
     assert proc.returncode == 2 and "event file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_undecodable_bytes_and_lone_surrogates_reject_only_their_row(tmp_path):
+    """A text stream decodes whole chunks, so one bad byte used to cost every line of a JSONL file;
+    a lone surrogate ("\\ud800" is valid JSON) reached the store and raised there."""
+    settings = load_settings()
+    good = [json.dumps(r).encode() for r in GOOD]
+    jsonl = tmp_path / "ev.jsonl"
+    bad_line = b'{"user_id": "caf\xe9", "item_id": "a", "event": "click", "timestamp": 1714557700}'
+    surrogate = b'{"user_id": "\\ud800", "item_id": "a", "event": "click", "timestamp": 1714557700}'
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b"\n".join([good[0], bad_line, surrogate, *good[1:]]) + b"\n")
+    csv_path = tmp_path / "ev.csv"
+    csv_path.write_bytes(
+        b"user_id,item_id,event,timestamp\nu1,a,click,1714557700\ncaf\xe9,a,click,1714557701\n"
+        b"u2,b,view,1714557702\n"
+    )
+    with EventStore(tmp_path / "idx", settings) as store:
+        report = store.import_files([jsonl], known_item=KNOWN.__contains__)
+        assert (report.accepted, report.rejected) == (len(GOOD), 2)
+        by_line = {i.row: i for i in report.issues}
+        assert by_line[2].reason == "line is not valid UTF-8"
+        assert by_line[3].field == "user_id" and "not valid UTF-8" in by_line[3].reason
+        report = store.import_files([csv_path], known_item=KNOWN.__contains__)
+        assert (report.accepted, report.rejected) == (2, 1)
+        assert report.issues[0].row == 3 and report.issues[0].field == "user_id"
+        assert store.count() == len(GOOD) + 2

@@ -922,11 +922,13 @@ def create_app(
     def reload() -> dict[str, Any]:
         """Load the newest published generation now (otherwise picked up within a second)."""
         pipeline.index.reload()
+        cf = pipeline.retriever.cf
         return {
             "status": "reloaded",
             "generation": pipeline.index.generation,
             "items": len(pipeline.index.table),
-            "cf_generation": pipeline.retriever.cf.reload(),  # --- collaborative filtering
+            "cf_generation": cf.reload(),  # --- collaborative filtering
+            "cf_error": cf.last_error,  # why a newer published CF generation was refused
         }
 
     # ------------------------------------------------------------------ web page

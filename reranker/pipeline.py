@@ -149,6 +149,8 @@ class SearchPipeline:
         return {
             **self.index.info(),
             "reranker": self.reranker.name,
+            # why the checkpoint on disk is not the one serving (a broken or half-copied model)
+            "reranker_error": getattr(self.reranker, "last_error", None),
             "cf": self.retriever.cf.info(),  # --- collaborative filtering
         }
 

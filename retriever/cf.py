@@ -80,6 +80,8 @@ class CFSource:
         self._stop = threading.Event()
         self._looked = threading.Event()  # some thread has finished one look
         self._follow_error: str | None = None
+        self._refused: tuple[int, str] | None = None  # a broken generation, not retried every second
+        self.last_error: str | None = None  # why the newest published generation is not served
 
     # ----------------------------------------------------------------- background follower
     def follow(self) -> None:
@@ -127,7 +129,7 @@ class CFSource:
             return None
         return (st.st_mtime_ns, name) if name else None
 
-    def _refresh(self, force: bool = False) -> _Loaded | None:
+    def _refresh(self, force: bool = False, retry: bool = False) -> _Loaded | None:
         if not force and self._followed():
             return self._loaded
         now = time.monotonic()
@@ -137,7 +139,7 @@ class CFSource:
             if not force and self._recent(now):  # another thread looked while this one waited
                 return self._loaded
             try:
-                return self._look(now)
+                return self._look(now, retry)
             finally:
                 self._looked.set()
 
@@ -146,23 +148,32 @@ class CFSource:
         the first look finishes, a query waits for it rather than answer without the model)."""
         return self._looked.is_set() and now - self._checked < self.reload_interval
 
-    def _look(self, now: float) -> _Loaded | None:
-        """Check CURRENT, load a new generation or follow the event log (under the lock)."""
+    def _look(self, now: float, retry: bool = False) -> _Loaded | None:
+        """Check CURRENT, load a new generation or follow the event log (under the lock).
+        ``retry``: load a generation refused before again (an explicit reload)."""
         self._checked = now
         stamp = self._current()
         if stamp is None:
             self._loaded, self._stamp = None, None
             return None
-        if stamp == self._stamp and self._loaded is not None:
+        kept = stamp == self._stamp or (stamp == self._refused and not retry)
+        if kept and self._loaded is not None:
             self._follow(self._loaded)
             return self._loaded
         folder = self.index_dir / CF_DIR / stamp[1]
         try:
             model = CFModel.load(folder)
-        except IndexCorruptError:
-            if self._loaded is not None:  # keep serving the previous model
+        except IndexCorruptError as exc:
+            self.last_error = str(exc)
+            if self._loaded is not None:  # keep serving the previous model, say why once
+                if stamp != self._refused:
+                    serving = self._loaded.generation
+                    log.error("CF generation %s not loaded, serving %s: %s", stamp[1], serving, exc)
+                self._refused = stamp
+                self._follow(self._loaded)
                 return self._loaded
             raise
+        self.last_error, self._refused = None, None
         loaded = _Loaded(stamp[1], model, live=LiveClicks(model) if self.settings.cf_live else None)
         self._follow(loaded)  # catch up before serving: no click since training is left out
         self._loaded = loaded
@@ -185,7 +196,7 @@ class CFSource:
 
     def reload(self) -> str | None:
         """Load the newest published CF generation now; returns its name (None: no CF model)."""
-        loaded = self._refresh(force=True)
+        loaded = self._refresh(force=True, retry=True)
         return loaded.generation if loaded else None
 
     def available(self) -> bool:
@@ -199,6 +210,7 @@ class CFSource:
         return {
             "trained": True,
             "generation": loaded.generation,
+            "last_error": self.last_error,
             "model": m.get("model"),
             "created": m.get("created"),
             "counts": m.get("counts", {}),

@@ -658,3 +658,32 @@ def test_events_train_reload_search_and_similar_end_to_end(api_index):
             time.sleep(0.1)
         assert live_top == "mug-white"
         assert client.get("/info").json()["cf"]["live"]["events"] == 3
+
+
+def test_a_broken_newer_generation_is_refused_once_and_reported(tmp_path, monkeypatch):
+    """A cut-short .npz (np.load sees a bad zip) used to escape as BadZipFile: a 500 from
+    /admin/reload. Now the previous model keeps serving, the reason is kept for /info and the
+    reload answer, and the same broken generation is not loaded again every second."""
+    settings = load_settings()
+    model = fit_model(_shift_log(), settings, threads=1)
+    first, _ = publish(model, tmp_path)
+    source = CFSource(tmp_path, settings, reload_interval=0.0)
+    assert source.reload() == first and source.last_error is None
+    second, folder = publish(model, tmp_path)
+    data = (folder / "pmi.npz").read_bytes()
+    (folder / "pmi.npz").write_bytes(data[:100])
+    loads = []
+    real_load = CFModel.load
+    monkeypatch.setattr(CFModel, "load", staticmethod(lambda f: loads.append(f) or real_load(f)))
+    table = ItemTable()
+    table.append(Product(id="asylum", title="asylum"))
+    for _ in range(3):  # searches go on with the first generation
+        source.candidates("asylum", 5, table, table.mask())
+    assert len(loads) == 1 and "unreadable" in source.last_error
+    assert source.info()["generation"] == first and source.info()["last_error"] == source.last_error
+    assert source.reload() == first and len(loads) == 2  # an explicit reload tries again
+    (folder / "pmi.npz").write_bytes(data)  # repaired: the next explicit reload serves it
+    assert source.reload() == second and source.last_error is None
+    (folder / "items.json").write_text(json.dumps({"not": "a list"}), encoding="utf-8")
+    with pytest.raises(IndexCorruptError, match="items.json is not a list"):
+        real_load(folder)

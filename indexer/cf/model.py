@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 import numpy as np
 
@@ -450,6 +451,8 @@ class CFModel:
                 )
             ann = load_vector_index(folder / "item_ann", device="cpu")
             item_ids = json.loads((folder / "items.json").read_text(encoding="utf-8"))
+            if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+                raise IndexCorruptError(f"{folder}/items.json is not a list of item ids")
             factors = np.load(folder / "item_factors.npy", allow_pickle=False)
             if factors.shape[0] != len(item_ids) or ann.ntotal != len(item_ids):
                 raise IndexCorruptError(f"{folder}: items.json, item_factors.npy and item_ann disagree")
@@ -497,7 +500,8 @@ class CFModel:
             )
         except IndexCorruptError:
             raise
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        # BadZipFile / EOFError: a cut-short .npz (np.load reads it as a zip archive)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, BadZipFile, EOFError) as exc:
             raise IndexCorruptError(f"CF artefacts in {folder} are unreadable: {exc}") from None
 
 

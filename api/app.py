@@ -46,6 +46,7 @@ from indexer.media import check_media_file, is_remote, is_within_roots
 from indexer.product import Product
 from indexer.report import IngestReport
 from reranker.pipeline import MAX_OFFSET, MAX_PAGE, SearchPipeline, SearchRequest, SearchResponse
+from retriever.search import MAX_QUERY_CHARS
 from shopsearch.errors import ItemNotFoundError, MediaError, ShopSearchError
 from shopsearch.settings import Settings, load_settings
 
@@ -126,7 +127,9 @@ class FiltersIn(BaseModel):
 class SearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str | None = Field(None, max_length=10_000, description="Free text; empty or missing = browse.")
+    query: str | None = Field(
+        None, max_length=MAX_QUERY_CHARS, description="Free text; empty or missing = browse."
+    )
     k: int = Field(10, ge=1, le=MAX_PAGE, description="Page size.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (pagination).")
     filters: FiltersIn | None = None
@@ -351,7 +354,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.error(
                 "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc.message
             )
-        return _error(exc.http_status, exc.message, type(exc).__name__)
+        extra = {"fields": [{"field": exc.field, "message": exc.message}]} if exc.field else {}
+        return _error(exc.http_status, exc.message, type(exc).__name__, **extra)
 
 
 class _CatchAll:
@@ -709,7 +713,7 @@ def create_app(
     def search_image(
         request: Request,
         image: UploadFile = File(..., description="A photo (JPEG, PNG, WebP, GIF, BMP, TIFF)."),
-        query: str | None = Form(None, max_length=10_000),
+        query: str | None = Form(None, max_length=MAX_QUERY_CHARS),
         k: int = Form(10, ge=1, le=MAX_PAGE),
         offset: int = Form(0, ge=0, le=MAX_OFFSET),
         filters: str | None = Form(None, description="Filters as a JSON object, as in POST /search."),

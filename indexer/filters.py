@@ -38,7 +38,7 @@ class Filters:
             return cls()
         unknown = set(data) - {"category", "brand", "brands", "price_min", "price_max", "attributes"}
         if unknown:
-            raise InvalidQueryError(f"unknown filter field(s): {', '.join(sorted(unknown))}")
+            raise InvalidQueryError(f"unknown filter field(s): {', '.join(sorted(unknown))}", "filters")
         brands = data.get("brands", data.get("brand")) or ()
         if isinstance(brands, str):
             brands = (brands,)
@@ -51,13 +51,15 @@ class Filters:
             try:
                 prices[key] = float(v)
             except (TypeError, ValueError):
-                raise InvalidQueryError(f"filter {key} must be a number, got {v!r}") from None
+                message = f"filter {key} must be a number, got {v!r}"
+                raise InvalidQueryError(message, f"filters.{key}") from None
         if prices["price_min"] is not None and prices["price_max"] is not None:
             if prices["price_min"] > prices["price_max"]:
-                raise InvalidQueryError("filter price_min is greater than price_max")
+                raise InvalidQueryError("filter price_min is greater than price_max", "filters.price_min")
         attrs = data.get("attributes") or {}
         if not isinstance(attrs, dict):
-            raise InvalidQueryError("filter attributes must be an object of name -> value")
+            message = "filter attributes must be an object of name -> value"
+            raise InvalidQueryError(message, "filters.attributes")
         category = data.get("category")
         return cls(
             category=normalize_category(category) if category else None,

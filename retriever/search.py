@@ -69,7 +69,9 @@ class Retriever:
         if not text:
             return None
         if len(text) > MAX_QUERY_CHARS:
-            raise InvalidQueryError(f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+            raise InvalidQueryError(
+                f"query text is {len(text)} characters; the limit is {MAX_QUERY_CHARS}", "query"
+            )
         if not (self.settings.spell_correction if spell is None else spell):
             return Correction(text, text)
         vocabulary = self.index.vocabulary  # a reload brings a new one: a new corrector with it

@@ -23,9 +23,10 @@ class ShopSearchError(Exception):
 
     http_status: int = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field  # the request field at fault, when one is (API: the error's "fields")
 
 
 class ConfigError(ShopSearchError):

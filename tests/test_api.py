@@ -453,6 +453,18 @@ def test_bad_search_fields_are_422_naming_the_field(
 ) -> None:
     err = assert_error(client.post("/search", json=payload), 422, field)
     assert err["type"] in ("ValidationError", "InvalidQueryError")
+    assert err["fields"] and all(f["field"] and f["message"] for f in err["fields"])  # machine-readable too
+
+
+def test_the_schema_states_the_query_limit_the_engine_applies(client: TestClient) -> None:
+    from retriever.search import MAX_QUERY_CHARS
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SearchIn"]
+    query = next(v for v in schema["properties"]["query"]["anyOf"] if v.get("type") == "string")
+    assert query["maxLength"] == MAX_QUERY_CHARS
+    assert client.post("/search", json={"query": "x" * MAX_QUERY_CHARS}).status_code == 200
+    err = assert_error(client.post("/search", json={"query": "x" * (MAX_QUERY_CHARS + 1)}), 422)
+    assert [f["field"] for f in err["fields"]] == ["query"]
 
 
 @pytest.mark.parametrize(

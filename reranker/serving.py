@@ -306,7 +306,9 @@ class LearnedReranker(Reranker):
     """Re-scores the top ``depth`` fused candidates with a trained model; the rest keep their
     order below them. Until a checkpoint exists in ``folder`` it passes the fused order through,
     and picks the checkpoint up as soon as one is written (see the module docstring on hot
-    swapping). Thread-safe."""
+    swapping). A checkpoint that cannot be loaded, at start or later, is reported
+    (``last_error``, /info) and the previous model, or the fused order, keeps serving.
+    Thread-safe."""
 
     def __init__(
         self,
@@ -335,8 +337,13 @@ class LearnedReranker(Reranker):
         self._loading: threading.Thread | None = None
         self.swaps = 0
         self.last_error: str | None = None
-        if _stamp(self.folder) is not None:
-            self.reload()
+        stamp = _stamp(self.folder)
+        if stamp is not None:
+            try:
+                self.reload()
+            except IndexCorruptError as exc:  # serve the fused order rather than not start
+                self.last_error, self._stamp = str(exc), stamp
+                log.error("re-ranker checkpoint %s not loaded, serving the fused order: %s", self.folder, exc)
 
     @property
     def extractor(self) -> FeatureExtractor:

@@ -499,6 +499,30 @@ def test_train_serve_hot_swap_and_lambdamart(sample_index, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_broken_checkpoint_at_start_serves_the_fused_order_until_a_good_one_lands(sample_index, tmp_path):
+    from reranker.base import PassThroughReranker
+    from reranker.pipeline import SearchPipeline
+    from reranker.serving import LearnedReranker
+
+    folder, settings = sample_index
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{broken", encoding="utf-8")
+    pipe = SearchPipeline.open(folder, settings, reranker=PassThroughReranker())
+    try:
+        rr = LearnedReranker(pipe.index, ckpt, background=False)  # used to raise: no server start
+        assert rr.name == "none" and "unreadable" in rr.last_error
+        r = pipe.retriever.retrieve("black hoodie", depth=20)
+        assert [c.id for c in rr.rerank(r)] == [c.id for c in r.candidates]
+        save_checkpoint(_sample_model(), ckpt, {})
+        rr._checked = 0.0
+        rr.rerank(r)
+        assert rr.name.startswith("listwise-transformer") and rr.last_error is None
+    finally:
+        pipe.close()
+
+
+@pytest.mark.slow
 def test_rerank_latency_budget_on_the_sample_index(sample_index, tmp_path):
     """Features + ONNX model for a 100-candidate list; the real budget (5 ms p50 on Home Depot)
     is measured by benchmarks/bench_reranker.py, this guards against gross regressions."""

@@ -16,6 +16,7 @@ import mimetypes
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,6 +93,7 @@ _PAGE_CSP = (
 
 
 # ====================================================================== request / response models
+_SUB_RESOURCE = re.compile(r"/(?:image(?:/\d+)?|similar)$")  # GET /items/{id}/... routes
 ItemId = Annotated[str, PathParam(min_length=1, max_length=512, pattern=r"\S", description="The product id.")]
 
 
@@ -824,6 +826,7 @@ def create_app(
             raise _validation_error(
                 "id", f"body id {body.id!r} does not match the id in the path {item_id!r}"
             )
+        _check_id(item_id, "id")
         product = _to_product(body, item_id, "")
         created = pipeline.index.table.get(item_id) is None
         report = pipeline.upsert([product])
@@ -845,6 +848,7 @@ def create_app(
         for n, item in enumerate(body.items):
             if item.id is None:
                 raise _validation_error(f"items.{n}.id", "Field required")
+            _check_id(item.id, f"items.{n}.id")
             if item.id in batch:
                 report.add(
                     "request",
@@ -874,6 +878,17 @@ def create_app(
         if not pipeline.delete([item_id]):
             raise ItemNotFoundError(f"no item with id {item_id!r}")
         return {"id": item_id, "deleted": True}
+
+    def _check_id(item_id: str, field: str) -> None:
+        """An id the item routes could not address again is refused before it is stored."""
+        if any(unicodedata.category(c) == "Cc" for c in item_id):
+            raise _validation_error(field, "id must not contain control characters (newlines, tabs)")
+        if _SUB_RESOURCE.search(item_id):
+            raise _validation_error(
+                field,
+                "id must not end in /image, /image/N or /similar: GET /items/{id}/image would mean "
+                "the photo of another item",
+            )
 
     def _to_product(body: ProductIn, item_id: str, prefix: str) -> Product:
         images = [_check_media(ref, f"{prefix}image", "image") for ref in body.media_refs()]

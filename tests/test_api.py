@@ -665,6 +665,17 @@ def test_bad_item_ids_in_the_path_are_422(client: TestClient, path: str) -> None
     assert_error(client.put(path, json={"title": "x"}), 422, "item_id")
 
 
+@pytest.mark.parametrize("item_id", ["AUD-2/image", "AUD-2/image/1", "AUD-2/similar", "NL\nID", "TAB\tID"])
+def test_ids_the_item_routes_could_not_address_are_refused(client: TestClient, item_id: str) -> None:
+    """They used to be stored, and then GET/DELETE /items/{id} reached another route or none."""
+    err = assert_error(client.post("/items", json={"items": [{"id": item_id, "title": "x"}]}), 422, "id")
+    assert err["fields"][0]["field"] == "items.0.id"
+    if "\n" not in item_id and "\t" not in item_id:
+        assert_error(client.put(f"/items/{item_id}", json={"title": "x"}), 422, "must not end in")
+    assert client.put("/items/AUD-2/images", json={"title": "x"}).status_code == 201  # only the exact suffix
+    assert client.delete("/items/AUD-2/images").status_code == 200
+
+
 def test_app_opens_and_closes_its_own_pipeline(env: dict[str, Any]) -> None:
     index_dir = env["settings"].index_dir
     app = create_app(

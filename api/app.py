@@ -206,14 +206,15 @@ class ProductIn(BaseModel):
             raise ValueError("a product needs a title, a description, an image or a video")
         return self
 
-    def media_refs(self) -> list[str]:
-        refs: list[str] = []
-        for value in (self.image, self.images):
+    def media_refs(self) -> list[tuple[str, str]]:
+        """(field, path) of every image given, the field as the client wrote it ("images.1")."""
+        refs: list[tuple[str, str]] = []
+        for name, value in (("image", self.image), ("images", self.images)):
             if isinstance(value, str):
-                refs.append(value)
+                refs.append((name, value))
             elif value:
-                refs.extend(value)
-        return [r for r in refs if r.strip()]
+                refs.extend((f"{name}.{n}", v) for n, v in enumerate(value))
+        return [(f, r) for f, r in refs if r.strip()]
 
 
 # --- collaborative filtering
@@ -891,8 +892,12 @@ def create_app(
             )
 
     def _to_product(body: ProductIn, item_id: str, prefix: str) -> Product:
-        images = [_check_media(ref, f"{prefix}image", "image") for ref in body.media_refs()]
-        video = _check_media(body.video, f"{prefix}video", "video") if body.video else None
+        # the item's own stored files may come back as GET gave them (a catalog's folder may lie
+        # outside the media roots): no new file is reached through them
+        stored = pipeline.index.table.get(item_id)
+        own = {*stored.images, stored.video} - {None} if stored is not None else set()
+        images = [_check_media(ref, f"{prefix}{field}", "image", own) for field, ref in body.media_refs()]
+        video = _check_media(body.video, f"{prefix}video", "video", own) if body.video else None
         return Product(
             id=item_id,
             title=body.title.strip(),
@@ -906,7 +911,9 @@ def create_app(
             video=video,
         )
 
-    def _check_media(ref: str, field: str, kind: str) -> str:
+    def _check_media(ref: str, field: str, kind: str, own: set[str | None]) -> str:
+        if ref in own:
+            return ref
         roots = [Path(r) for r in settings.media_roots]
         if not roots:
             raise _validation_error(

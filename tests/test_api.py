@@ -585,6 +585,21 @@ def test_get_item_and_unknown_items(client: TestClient, env: dict[str, Any]) -> 
     assert_error(client.patch("/search"), 405)
 
 
+def test_get_output_can_be_put_back_unchanged(env: dict[str, Any]) -> None:
+    """Even where the catalog's folder is outside the media roots (or none are set): the item's
+    own stored files are no new access. A new path still has to be inside the roots."""
+    c = make_client(env, media_roots=[])
+    item = c.get("/items/jacket-rain").json()
+    assert item["images"]
+    r = c.put("/items/jacket-rain", json=item)
+    assert r.status_code == 200, r.text
+    assert r.json()["item"]["images"] == item["images"]
+    other = {**item, "images": [*item["images"], str(env["media"] / "images" / "new.png")]}
+    err = assert_error(c.put("/items/jacket-rain", json=other), 422, "media_roots")
+    assert err["fields"][0]["field"] == "images.1"  # the field as the client wrote it
+    assert_error(c.put("/items/jacket-copy", json={**item, "id": None}), 422, "media_roots")  # not its own
+
+
 def test_put_then_search_then_delete(client: TestClient, env: dict[str, Any]) -> None:
     photo = env["media"] / "images" / "kimono.png"
     draw_product("dress", (110, 40, 160)).save(photo)

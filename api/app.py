@@ -722,6 +722,7 @@ def create_app(
         filters: str | None = Form(None, description="Filters as a JSON object, as in POST /search."),
         explain: bool = Form(False),
         spell_correction: bool | None = Form(None, description="As in POST /search."),
+        user_id: str | None = Form(None, max_length=512, description="As in POST /search."),
     ) -> JSONResponse:
         """Search by photo, optionally combined with text."""
         parsed = _parse_filters_field(filters)
@@ -739,6 +740,7 @@ def create_app(
             filters=parsed,
             explain=explain,
             spell_correction=spell_correction,
+            user_id=user_id,
         )
         return _JSON(run_search(request, req))
 
@@ -936,6 +938,8 @@ def create_app(
         index = pipeline.index
         return {"status": "ok", "generation": index.generation, "items": len(index.table)}
 
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers
+
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -958,7 +962,7 @@ def create_app(
         }
 
     # ------------------------------------------------------------------ web page
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(
             STATIC_DIR / "index.html",

@@ -297,6 +297,7 @@ def test_health_info_and_docs(client: TestClient, env: dict[str, Any]) -> None:
 
 
 def test_page_and_static_assets(client: TestClient) -> None:
+    assert client.head("/").status_code == 200 and client.head("/health").status_code == 200  # probes
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -419,6 +420,17 @@ def test_image_search_finds_the_same_photo(client: TestClient, env: dict[str, An
     )
     res = r.json()["results"]
     assert res[0]["id"] == "hoodie-black" and all(x["brand"] == "Northwind" for x in res)
+
+
+def test_image_search_passes_the_shopper_id_on(
+    client: TestClient, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    real = env["pipeline"].search
+    monkeypatch.setattr(env["pipeline"], "search", lambda req: seen.append(req.user_id) or real(req))
+    files = {"image": ("p.png", photo_bytes(env, "hoodie-black"), "image/png")}
+    assert client.post("/search/image", files=files, data={"user_id": "shopper-7"}).status_code == 200
+    assert seen == ["shopper-7"]  # used to be dropped: image searches were never personalised
 
 
 # ====================================================================== bad input: never a 500

@@ -1,20 +1,28 @@
 """The ``shopsearch`` command line: index, search, serve, info, demo.
 
 User errors (bad paths, bad settings, bad queries) print one clear line and exit 2; they never
-show a stack trace.
+show a stack trace. Usage mistakes print click's usage message and exit 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.errors import ConfigError, ShopSearchError
 from shopsearch.settings import Settings, load_settings
+
+try:  # typer >= 0.29 ships its own copy of click and raises that copy's exceptions
+    from typer._click import Command, Context, Parameter
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer: click itself
+    from click import ClickException, Command, Context, Parameter
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +38,36 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings 
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    if config is not None and config.is_dir():
+        raise ConfigError(f"--config {config} is a directory, not a TOML settings file")
     return load_settings(config, **overrides)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates: bytes that were not UTF-8 (surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_output_dir(path: Path, option: str, *inner: str) -> None:
+    """Refuse an output folder that cannot be created or written to before any expensive work, so
+    that a long build or training does not fail at its very end. ``inner``: existing subfolders the
+    command writes into, checked too."""
+    path = path.absolute()
+    if not _is_utf8(str(path)):  # faiss and tantivy take UTF-8 paths only
+        raise ConfigError(f"{option} {os.fsencode(path)!r} is not a valid UTF-8 path")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a directory")
+    folders = [existing, *(path / name for name in inner if (path / name).is_dir())]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: cannot write to {folder} (permission denied or read-only)")
 
 
 def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -69,8 +106,6 @@ def index(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Build a new index generation from catalog files (bad rows are reported and skipped)."""
-    from indexer.store import build_index
-
     settings = _settings(
         config,
         index_dir=index_dir,
@@ -82,6 +117,9 @@ def index(
         vector_backend=vector_backend,
         media_roots=[p.resolve() for p in media_root] if media_root else None,
     )
+    _check_output_dir(settings.index_dir, "--index", "generations")
+    from indexer.store import build_index
+
     result = build_index(
         catalogs,
         settings.index_dir,
@@ -249,6 +287,7 @@ def demo(
             f"catalog not found at {catalog} (run from a clone of the repo, or pass --catalog)"
         )
     settings = _settings(None, index_dir=index_dir, port=port)
+    _check_output_dir(settings.index_dir, "--index", "generations")
     result = build_index([catalog], settings.index_dir, settings)
     typer.echo(result.report.summary())
     typer.echo(f"indexed {result.counts['items']} items in {result.seconds:.1f} s into {result.path}")
@@ -292,6 +331,7 @@ CheckItemsOpt = Annotated[
 def _import_events(
     settings: Settings, files: list[Path], field_map: list[str] | None, check_items: bool, quiet: bool
 ) -> None:
+    _check_output_dir(settings.index_dir, "--index", "events")
     from indexer.interactions import EventStore
     from indexer.store import LiveIndex, current_generation
 
@@ -469,7 +509,7 @@ def train_reranker_cmd(
             "validation queries (about twice the training time)."
         ),
     ] = False,
-    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: INDEX/models/reranker).")] = (
         None
     ),
@@ -477,8 +517,9 @@ def train_reranker_cmd(
     fusion_folds: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Cross-fit the fused source over this many folds (one fusion training each): use it "
-            "when the index's fusion model was trained on these same judgments."
+            "when the index's fusion model was trained on these same judgments.",
         ),
     ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -492,6 +533,9 @@ def train_reranker_cmd(
     if label_share is not None and not from_events:
         raise typer.BadParameter("--label-share applies to --from-events only")
     settings = _settings(config, index_dir=index_dir)
+    for folder, option in ((out, "--out"), (cache, "--cache")):
+        if folder is not None:
+            _check_output_dir(folder, option)
     cfg = TrainConfig(
         epochs=epochs,
         seed=seed,
@@ -523,29 +567,68 @@ def train_reranker_cmd(
 # --- end re-ranker
 
 
+def _check_utf8(callback: Callable[..., Any] | None) -> Callable[..., Any]:
+    """Wrap a parameter callback so that text which was not valid UTF-8 is refused by name."""
+
+    def check(ctx: Context, param: Parameter, value: Any) -> Any:
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, str) and not _is_utf8(v):
+                raw = v.encode("utf-8", "surrogateescape")
+                raise typer.BadParameter(f"not valid UTF-8: {raw!r}", ctx=ctx, param=param)
+        return value if callback is None else callback(ctx, param, value)
+
+    return check
+
+
+def _refuse_invalid_utf8(command: Command) -> None:
+    """Python decodes undecodable argv bytes to lone surrogates, which crash deep inside the
+    encoders and filters; refuse them in every text parameter of every command, in one place.
+    Paths are left alone: such bytes are legal in file names."""
+    for param in command.params:
+        param.callback = _check_utf8(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_invalid_utf8(sub)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an OSError about a file (a path the user gave, or one inside it)."""
+    path = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{path}: {exc.strerror or exc}"
+
+
 def main() -> None:
-    """Console entry point: map user errors to one line on stderr and exit code 2."""
+    """Console entry point: user errors, usage mistakes and unusable paths print a clear message and
+    exit 2, Ctrl-C exits 130; only a bug shows a stack trace."""
+    command = typer.main.get_command(app)
+    _refuse_invalid_utf8(command)
     try:
-        app(standalone_mode=False)
+        code = command.main(standalone_mode=False)  # returns Ctrl-C as 130 rather than raising it
     except ShopSearchError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (typer.BadParameter, typer.Exit) as exc:
-        if isinstance(exc, typer.Exit):
-            sys.exit(exc.exit_code)
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except ClickException as exc:  # unknown option or command, missing or bad value
+        if (
+            isinstance(exc, typer.BadParameter)
+            and exc.ctx is None
+            and exc.param is None
+            and exc.param_hint is None
+        ):
+            typer.echo(f"error: {exc.message}", err=True)  # a command's own check: its message is enough
+        else:
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        typer.echo(f"error: {_os_error_line(exc)}", err=True)
+        sys.exit(2)
+    if code == 130:
+        typer.echo("interrupted", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

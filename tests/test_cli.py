@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,121 @@ def test_user_errors_are_one_line_without_traceback(args, needle):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert needle in proc.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "x", "--frobnicate"], "no such option: --frobnicate"),
+        (["search", "a", "b"], "unexpected extra argument"),
+        (["serch", "x"], "no such command 'serch'"),
+        (["search", "x", "--index"], "'--index' requires an argument"),
+        (["search", "x", "--price-max", "abc"], "'--price-max'"),
+        (["search", "x", "-k", "abc"], "'-k'"),
+        (["train-reranker", "--threads", "0"], "'--threads'"),
+        (["train-reranker", "--threads", "-3"], "'--threads'"),
+        (["train-reranker", "--fusion-folds", "0"], "'--fusion-folds'"),
+    ],
+)
+def test_usage_mistakes_print_usage_and_exit_2_without_traceback(args, needle):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", os.fsdecode(b"caf\xe9")], "'query': not valid utf-8"),
+        (["search", "mug", "--attr", os.fsdecode(b"color=Bl\xe9")], "'--attr': not valid utf-8"),
+    ],
+)
+def test_arguments_that_are_not_utf8_are_refused_by_name(index_dir, args, needle):
+    proc = run(*args, "--index", str(index_dir), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr.lower()
+
+
+JUDGED = ["--queries", "{queries}", "--qrels", "{qrels}", "--index", "{index}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["index", str(SAMPLE / "bad_rows.jsonl"), "--index", "{file}", "-q"], "--index {file} is a file"),
+        (["index", str(SAMPLE / "bad_rows.jsonl"), "--index", "{file}/sub", "-q"], "{file} is a file"),
+        (["events", "import", "{file}", "--index", "{file}", "-q"], "--index {file} is a file"),
+        (["info", "--index", "{index}", "--config", "{dir}"], "--config {dir} is a directory"),
+        (["train-reranker", *JUDGED, "--out", "{file}"], "--out {file} is a file"),
+        (["train-reranker", *JUDGED, "--cache", "{file}"], "--cache {file} is a file"),
+        (
+            ["eval", *JUDGED, "--runs", "bm25", "--resamples", "10", "-q", "-o", "{file}"],
+            "{file}: file exists",
+        ),
+    ],
+)
+def test_unusable_paths_are_one_line_errors(index_dir, tmp_path, args, needle):
+    (tmp_path / "a-file").write_text("not a folder\n")
+    names = {
+        "file": str(tmp_path / "a-file"),
+        "dir": str(tmp_path),
+        "index": str(index_dir),
+        "queries": str(SAMPLE / "queries.tsv"),
+        "qrels": str(SAMPLE / "qrels.txt"),
+    }
+    proc = run(*(a.format(**names) for a in args), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle.format(**names).lower() in proc.stderr.lower()
+
+
+def test_read_only_index_is_refused_before_any_encoding(tmp_path, monkeypatch, capsys):
+    from api import cli
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+
+    def access(path: str | Path, mode: int) -> bool:  # as on a read-only mount, even for root
+        return real_access(path, mode) and not (Path(path) == read_only and mode & os.W_OK)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(
+        sys, "argv", ["shopsearch", "index", str(SAMPLE / "catalog.jsonl"), "--index", str(read_only), "-q"]
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--index {read_only}: cannot write to {read_only}" in err and "Traceback" not in err
+    assert not list(read_only.iterdir())  # stopped before the build started
+
+
+def test_ctrl_c_exits_130_and_keeps_the_live_index(index_dir, tmp_path):
+    live = tmp_path / "index"
+    shutil.copytree(index_dir, live)
+    big = tmp_path / "big.jsonl"
+    with open(big, "w", encoding="utf-8") as f:  # text only, new texts: encoding takes a minute
+        for i in range(20_000):
+            f.write(
+                json.dumps({"id": f"B{i}", "title": f"sturdy widget number {i}", "price": 1 + i % 50}) + "\n"
+            )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "api.cli", "index", str(big), "--index", str(live)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        first = proc.stderr.read(1)  # the first progress bar: the build is under way
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (first + err).decode("utf-8", "replace")
+    assert proc.returncode == 130, err[-2000:]
+    assert err.rstrip().endswith("interrupted") and "Traceback" not in err
+    info = json.loads(run("info", "--index", str(live)).stdout)
+    assert info["manifest"]["counts"]["items"] == 106

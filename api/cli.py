@@ -329,7 +329,12 @@ CheckItemsOpt = Annotated[
 
 
 def _import_events(
-    settings: Settings, files: list[Path], field_map: list[str] | None, check_items: bool, quiet: bool
+    settings: Settings,
+    files: list[Path],
+    field_map: list[str] | None,
+    check_items: bool,
+    quiet: bool,
+    again: bool = False,
 ) -> None:
     _check_output_dir(settings.index_dir, "--index", "events")
     from indexer.interactions import EventStore
@@ -341,7 +346,11 @@ def _import_events(
         known = lambda item_id: table.get(item_id) is not None  # noqa: E731
     with EventStore(settings.index_dir, settings) as store:
         report = store.import_files(
-            files, known_item=known, field_map=_parse_pairs(field_map, "--map") or None, progress=not quiet
+            files,
+            known_item=known,
+            field_map=_parse_pairs(field_map, "--map") or None,
+            progress=not quiet,
+            again=again,
         )
         total = store.count()
     typer.echo(report.summary())
@@ -356,9 +365,18 @@ def events_import(
     field_map: EventMapOpt = None,
     check_items: CheckItemsOpt = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again",
+            help="Store a file that was imported before a second time (its events then count twice).",
+        ),
+    ] = False,
 ) -> None:
-    """Validate and append events to the index's durable event store (bad events are reported)."""
-    _import_events(_settings(config, index_dir=index_dir), files, field_map, check_items, quiet)
+    """Validate and append events to the index's durable event store (bad events are reported).
+    A file already imported is skipped (a retry would count its events twice); an import cut short
+    goes on where it stopped when the same file is imported again."""
+    _import_events(_settings(config, index_dir=index_dir), files, field_map, check_items, quiet, again)
 
 
 @events_app.command("stats")

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS events (
     ingested REAL    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS imports (
+    digest   TEXT    PRIMARY KEY,
+    name     TEXT    NOT NULL,
+    rows     INTEGER NOT NULL,
+    events   INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    ts       REAL    NOT NULL
+);
 """
 
 
@@ -108,6 +116,7 @@ class EventReport:
     by_event: Counter[str] = field(default_factory=Counter)
     issues: list[EventIssue] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # per file: skipped as imported, or resumed
 
     def reject(self, source: str, row: int | None, field_name: str | None, reason: str, kind: str) -> None:
         self.rejected += 1
@@ -124,12 +133,13 @@ class EventReport:
         room = MAX_ISSUES - len(self.issues)
         self.issues.extend(other.issues[: max(room, 0)])
         self.files.extend(f for f in other.files if f not in self.files)
+        self.notes.extend(other.notes)
 
     def summary(self) -> str:
         head = f"{self.received} events read, {self.accepted} stored, {self.rejected} rejected"
         if self.by_reason:
             head += " (" + ", ".join(f"{k}: {v}" for k, v in self.by_reason.most_common()) + ")"
-        lines = [head]
+        lines = [*self.notes, head]
         lines += [f"  {i}" for i in self.issues[:20]]
         if self.rejected > 20:
             lines.append(f"  ... {self.rejected - 20} more")
@@ -145,7 +155,20 @@ class EventReport:
             "issues": [asdict(i) for i in self.issues],
             "issues_truncated": self.rejected > len(self.issues),
             "files": list(self.files),
+            "notes": list(self.notes),
         }
+
+
+@dataclass(frozen=True)
+class _FileProgress:
+    """How far the imports of one event file (known by its sha256) got."""
+
+    digest: str
+    name: str
+    rows: int = 0  # the last file row (line) that a stored batch covered
+    complete: bool = False
+    events: int = 0
+    ts: float = 0.0
 
 
 @dataclass
@@ -545,9 +568,11 @@ class EventStore:
             self.settings.event_weights, known_item=known_item, salt=self.salt, default_time=default_time
         )
 
-    def append(self, events: Sequence[Event]) -> int:
-        """Store events in one transaction; durable (fsync'd) when this returns. Returns the count."""
-        if not events:
+    def append(self, events: Sequence[Event], progress: _FileProgress | None = None) -> int:
+        """Store events in one transaction; durable (fsync'd) when this returns. Returns the count.
+        ``progress``: the file import they come from, recorded in the same transaction, so a
+        retry after a crash resumes exactly after them."""
+        if not events and progress is None:
             return 0
         now = time.time()
         rows = [
@@ -562,6 +587,14 @@ class EventStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                if progress is not None:
+                    self._db.execute(
+                        "INSERT INTO imports (digest, name, rows, events, complete, ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET "
+                        "rows = excluded.rows, events = events + excluded.events, "
+                        "complete = excluded.complete, ts = excluded.ts",
+                        (progress.digest, progress.name, progress.rows, len(rows), progress.complete, now),
+                    )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
@@ -578,19 +611,31 @@ class EventStore:
         default_time: float | None = None,
         report: EventReport | None = None,
         on_batch: Callable[[int], None] | None = None,
+        file: _FileProgress | None = None,
     ) -> EventReport:
-        """Validate and append raw rows in batches; bad rows are reported, never fatal."""
+        """Validate and append raw rows in batches; bad rows are reported, never fatal.
+        ``file``: rows come from that file import; each batch records how far it got."""
         report = report or EventReport()
         parser = self.parser(known_item=known_item, default_time=default_time)
+        last_row = [file.rows if file else 0]
+
+        def tracked() -> Iterator[tuple[int | None, Any]]:
+            for row, raw in rows:
+                last_row[0] = row or last_row[0]
+                yield row, raw
+
+        def progress(complete: bool) -> _FileProgress | None:
+            return None if file is None else replace(file, rows=last_row[0], complete=complete)
+
         batch: list[Event] = []
-        for ev in parser.parse_many(rows, source, report):
+        for ev in parser.parse_many(tracked(), source, report):
             batch.append(ev)
             if len(batch) >= _BATCH:
-                report.accepted += self.append(batch)
+                report.accepted += self.append(batch, progress(False))
                 batch = []
                 if on_batch:
                     on_batch(report.received)
-        report.accepted += self.append(batch)
+        report.accepted += self.append(batch, progress(True))
         if on_batch:
             on_batch(report.received)
         return report
@@ -602,12 +647,34 @@ class EventStore:
         known_item: Callable[[str], bool] | None = None,
         field_map: Mapping[str, str] | None = None,
         progress: bool = False,
+        again: bool = False,
     ) -> EventReport:
-        """Ingest JSONL/CSV/TSV/Parquet event files (each file's rows validated and stored)."""
+        """Ingest JSONL/CSV/TSV/Parquet event files (each file's rows validated and stored).
+
+        A file is known by its sha256: importing the same file again is refused (a retry would
+        count every click twice) unless ``again``, and an import cut short (a crash, Ctrl-C)
+        resumes after the last stored batch when the same file is imported again."""
         total = EventReport()
         for path in paths:
             path = Path(path)
             report = EventReport(files=[str(path)])
+            file = self._file_progress(path)
+            if file.complete and not again:
+                when = datetime.fromtimestamp(file.ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                report.notes.append(
+                    f"{path.name}: skipped, this file was imported on {when} ({file.events} events "
+                    "stored); importing it again would count them twice (--again does that)"
+                )
+                total.merge(report)
+                continue
+            rows = read_event_rows(path, field_map)
+            if file.rows and not again:  # resume after the rows a cut-short import stored
+                done = file.rows
+                rows = ((n, raw) for n, raw in rows if n is None or n > done)
+                report.notes.append(
+                    f"{path.name}: resumed after row {done:,} (an earlier import stored {file.events} "
+                    "events before it was cut short)"
+                )
             bar = None
             if progress:
                 from tqdm import tqdm
@@ -620,17 +687,39 @@ class EventStore:
 
             try:
                 self.ingest(
-                    read_event_rows(path, field_map),
+                    rows,
                     path.name,
                     known_item=known_item,
                     report=report,
                     on_batch=tick,
+                    file=file if not again else None,
                 )
             finally:
                 if bar is not None:
                     bar.close()
             total.merge(report)
         return total
+
+    def _file_progress(self, path: Path) -> _FileProgress:
+        """What earlier imports of this file (by content) stored."""
+        _file_format(path)  # an unknown kind of file, or none at all, is said first
+        if not path.is_file():
+            raise CatalogError(f"event file not found: {path}")
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise CatalogError(f"cannot read event file {path}: {exc.strerror or exc}") from None
+        digest = h.hexdigest()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT rows, events, complete, ts FROM imports WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None:
+            return _FileProgress(digest, path.name)
+        return _FileProgress(digest, path.name, int(row[0]), bool(row[2]), int(row[1]), float(row[3]))
 
     # ----------------------------------------------------------------- reads
     def count(self) -> int:

@@ -306,6 +306,13 @@ def test_cli_events_import_reports_bad_rows_and_stats(tmp_path):
     assert SECRET_QUERY not in proc.stdout + proc.stderr
     stats = json.loads(cli("events", "stats", "--index", str(index)).stdout)
     assert stats["events"] == 4 and stats["by_event"]["click"] == 1
+    # a retry of the same file stores nothing twice unless asked to
+    proc = cli("events", "import", str(path), "--index", str(index), "--quiet")
+    assert (
+        proc.returncode == 0 and "skipped, this file was imported" in proc.stdout and "holds 4" in proc.stdout
+    )
+    proc = cli("events", "import", str(path), "--index", str(index), "--quiet", "--again")
+    assert proc.returncode == 0 and "holds 8 events" in proc.stdout
     proc = cli("events", "import", str(tmp_path / "nope.jsonl"), "--index", str(index))
     assert proc.returncode == 2 and "event file not found" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -334,3 +341,40 @@ def test_undecodable_bytes_and_lone_surrogates_reject_only_their_row(tmp_path):
         assert (report.accepted, report.rejected) == (2, 1)
         assert report.issues[0].row == 3 and report.issues[0].field == "user_id"
         assert store.count() == len(GOOD) + 2
+
+
+def test_a_file_is_imported_once_and_a_cut_short_import_resumes(tmp_path, monkeypatch):
+    """A retried import used to store every event again (clicks counted twice in CF), and an
+    import cut short kept its first batches, so a retry could not tell where to go on."""
+    import indexer.interactions as interactions
+
+    rows = [
+        {"user_id": f"u{n}", "item_id": "abc"[n % 3], "event": "click", "timestamp": 1714557700 + n}
+        for n in range(10)
+    ]
+    path = write_jsonl(tmp_path / "ev.jsonl", rows)
+    monkeypatch.setattr(interactions, "_BATCH", 3)
+    real_rows = interactions.read_event_rows
+
+    def interrupted(*args, **kwargs):
+        for n, (row, raw) in enumerate(real_rows(*args, **kwargs)):
+            if n == 7:
+                raise KeyboardInterrupt  # Ctrl-C while the third batch is being read
+            yield row, raw
+
+    with EventStore(tmp_path / "idx", load_settings()) as store:
+        monkeypatch.setattr(interactions, "read_event_rows", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            store.import_files([path])
+        assert store.count() == 6  # two whole batches
+        monkeypatch.setattr(interactions, "read_event_rows", real_rows)
+        report = store.import_files([path])
+        assert report.accepted == 4 and "resumed after row 6" in report.summary()
+        assert sorted(store.read().user) == sorted(r["user_id"] for r in rows)  # each once
+        report = store.import_files([path])
+        assert report.accepted == 0 and "skipped, this file was imported" in report.summary()
+        assert store.count() == 10
+        report = store.import_files([path], again=True)  # asked for: a second copy
+        assert report.accepted == 10 and store.count() == 20
+        other = write_jsonl(tmp_path / "more.jsonl", rows[:2])  # other content: a new file
+        assert store.import_files([other]).accepted == 2

@@ -179,7 +179,9 @@ class IngestReport:
         """Write JSON atomically, so a crash never leaves a half-written report in an index."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
+        # a file name that is not UTF-8 arrives as lone surrogates: kept as JSON "\udce9" escapes
+        tmp.write_bytes(text.encode("utf-8", "backslashreplace"))
         os.replace(tmp, path)
 
     @classmethod

@@ -61,7 +61,13 @@ from indexer.vector import (
     open_vector_index,
 )
 from indexer.vector.base import VectorIndex
-from shopsearch.errors import ConfigError, IndexCorruptError, IndexNotFoundError, ItemNotFoundError
+from shopsearch.errors import (
+    CatalogError,
+    ConfigError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    ItemNotFoundError,
+)
 from shopsearch.settings import Settings
 
 FORMAT_VERSION = 1
@@ -212,7 +218,8 @@ def build_index(
 
     A build that fails before its generation is renamed into place leaves nothing behind: its
     ``.tmp`` directory and the OpenSearch indexes it created are deleted (best effort), and the
-    live generation is untouched."""
+    live generation is untouched. Catalogs that yield no item raise CatalogError before any
+    generation is written: an empty index never replaces a live one."""
     check_vector_backend(settings)  # an unreachable cluster or no k-NN plugin: fail before encoding
     started: list[Path] = []
     try:
@@ -221,6 +228,20 @@ def build_index(
         for tmp in started:  # gone once renamed: then this finds nothing to drop
             _drop_generation(tmp, settings)
         raise
+
+
+def _nothing_to_index(paths: Sequence[Path], report: IngestReport) -> CatalogError:
+    """An empty generation would replace the live index and, two builds later, delete the last
+    good one: a catalog with no usable row (empty, all skipped, pretty-printed JSON in a .jsonl)
+    is refused before anything is written."""
+    files = ", ".join(str(p) for p in paths)
+    rows = f"{report.rows_read:,} row{'' if report.rows_read == 1 else 's'} read"
+    message = (
+        f"no valid product rows in {files} ({rows}, {report.skipped:,} skipped): the live index is unchanged"
+    )
+    if report.issues:
+        message += "; first issues: " + "; ".join(str(i)[:300] for i in report.issues[:3])
+    return CatalogError(message)
 
 
 def _build_generation(
@@ -246,6 +267,8 @@ def _build_generation(
     roots = settings.media_roots or None
     paths = [Path(c) for c in catalogs]
     items = list(iter_catalogs(paths, field_map=field_map, media_roots=roots, report=report))
+    if not items:  # before loading any model: nothing to encode
+        raise _nothing_to_index(paths, report)
     need_image = any(p.images or p.video for p in items)
 
     cache = EmbeddingCache(index_dir / "embcache.sqlite")
@@ -270,6 +293,8 @@ def _build_generation(
             )
             continue
         table.append(p)
+    if not len(table):
+        raise _nothing_to_index(paths, report)
 
     gens = index_dir / "generations"
     gens.mkdir(exist_ok=True)
@@ -281,7 +306,9 @@ def _build_generation(
     started.append(tmp)
     tmp.mkdir()
 
-    with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+    # a media path under a folder whose name is not UTF-8 holds lone surrogates: written as JSON
+    # "\udce9" escapes, which read back as the same path
+    with open(tmp / "items.jsonl", "w", encoding="utf-8", errors="backslashreplace") as f:
         for r in range(table.n_rows):
             f.write(json.dumps(table.product(r).to_dict(), ensure_ascii=False) + "\n")
     # the words query spelling correction may offer (indexer.spelling)

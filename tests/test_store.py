@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import shared_data, write_small_catalog
+from conftest import draw, shared_data, write_small_catalog
 
 from indexer.filters import Filters
 from indexer.product import Product
 from indexer.store import LiveIndex, build_index, current_generation
 from reranker.pipeline import SearchPipeline, SearchRequest
-from shopsearch.errors import IndexNotFoundError, InvalidQueryError, ItemNotFoundError
+from shopsearch.errors import CatalogError, IndexNotFoundError, InvalidQueryError, ItemNotFoundError
 from shopsearch.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -161,6 +161,56 @@ def test_upserts_during_a_rebuild_are_carried_over(tmp_path, built, monkeypatch)
     fresh = LiveIndex(index_dir, settings)
     assert fresh.generation == result.generation
     assert fresh.get("late-1").title == "Late Arrival Lantern"
+
+
+def test_catalog_without_valid_rows_never_replaces_the_live_index(tmp_path):
+    # Only two generations are kept: two empty builds in a row used to delete the last good one.
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "a", "title": "Blue running shoe"}\n{"id": "b", "title": "Red wool hat"}\n')
+    index_dir = tmp_path / "idx"
+    settings = load_settings(None, index_dir=index_dir)
+    first = build_index([good], index_dir, settings, progress=False).generation
+    rows = [{"id": "x", "title": "t"}]
+    bad = {
+        "empty.jsonl": "",
+        "header.csv": "id,title\n",
+        "pretty.jsonl": json.dumps(rows[0], indent=2),
+        "array.jsonl": json.dumps(rows),
+        "unencodable.jsonl": '{"id": "p", "image": "broken.jpg"}\n',  # dropped at encode time
+        "skipped.jsonl": '{"title": "no id"}\n{"id": "y"}\n',
+    }
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CatalogError, match="no valid product rows") as err:
+            build_index([tmp_path / name], index_dir, settings, progress=False)
+        assert str(tmp_path / name) in err.value.message and "live index is unchanged" in err.value.message
+        assert current_generation(index_dir) == first
+    assert "2 rows read, 2 skipped" in err.value.message and "missing id" in err.value.message
+    assert sorted(p.name for p in (index_dir / "generations").iterdir()) == [first]  # no .tmp left
+    live = LiveIndex(index_dir, settings)
+    assert sorted(live.table.id_to_row) == ["a", "b"]
+
+
+def test_media_under_a_folder_name_that_is_not_utf8(tmp_path):
+    # Such a name reaches Python as lone surrogates, which no UTF-8 writer takes: the build used
+    # to die writing items.jsonl (and the CLI writing ingest_report.json) after encoding.
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    try:
+        folder.mkdir()
+    except OSError:
+        pytest.skip("this filesystem only takes UTF-8 file names")
+    draw("mug", "red", folder / "a.png")
+    catalog = folder / "c.jsonl"
+    catalog.write_text('{"id": "1", "title": "Red mug", "image": "a.png"}\n')
+    index_dir = tmp_path / "idx"
+    settings = load_settings(None, index_dir=index_dir)
+    result = build_index([catalog], index_dir, settings, progress=False)
+    assert result.counts["image_vectors"] == 1
+    live = LiveIndex(index_dir, settings)
+    assert live.get("1").images == [str((folder / "a.png").resolve())]
+    saved = json.loads((index_dir / "ingest_report.json").read_text(encoding="utf-8"))
+    assert saved["files"] == [str(catalog)]
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

@@ -30,6 +30,10 @@ Row rules (why each exists):
 - Text that is not valid UTF-8: the line is decoded with ``errors="replace"`` (U+FFFD) and a
   warning names the row; if the repaired line still does not parse it is skipped as malformed.
   (For a JSON array file the whole file is decoded that way, with one file-level warning.)
+  JSON may escape a lone surrogate (``"\\ud800"``), which no encoder can take: it becomes U+FFFD
+  too, with a warning naming the row and field.
+- A CSV quote that never closes would swallow the rest of the file into one field: that row is
+  skipped with the line it opened on, the rows before it are kept.
 - Column names are matched case-insensitively to our field names after ``field_map`` (the user's
   column -> our field, e.g. ``{"sku": "id", "name": "title"}``) has been applied.
 """
@@ -92,6 +96,11 @@ _REMOTE_ONLY_FIELDS = frozenset({"image_url", "image_urls", "video_url"})
 
 _PARQUET_BATCH_ROWS = 4096
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+# A JSON escape of a UTF-16 surrogate (cheap test before looking for lone ones), and a lone one
+# in a str: json.loads pairs up the valid ones, so any left are unpaired.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _PRICE_RE = re.compile(
     r"""^(?:[A-Za-z]{1,3}\s*)?[$€£¥₹]?\s*
@@ -171,11 +180,11 @@ def _generate(
 
 
 def _check_readable(path: Path) -> None:
+    if path.is_dir():  # before the format check: a folder "products" is not an unknown format
+        raise CatalogError(f"{path}: is a folder, not a catalog file")
     catalog_format(path)
     try:
         st = path.stat()
-        if stat.S_ISDIR(st.st_mode):
-            raise CatalogError(f"{path}: is a folder, not a catalog file")
         if not stat.S_ISREG(st.st_mode):
             raise CatalogError(f"{path}: is not a regular file")
         with open(path, "rb"):
@@ -247,6 +256,7 @@ class _FileIngest:
         self.items = items
         self.rows = 0
         self.mapped_seen: set[str] = set()
+        self.id_column_seen = False  # until a row has one, a row without an id column gets a hint
 
     def run(self) -> None:
         self.report.add_file(self.name)
@@ -336,6 +346,18 @@ class _FileIngest:
     def _build(self, raw: dict[str, Any]) -> tuple[Product, list[_Note]]:
         fields, extra = self._split_fields(raw)
         notes: list[_Note] = []
+        if "id" in fields:
+            self.id_column_seen = True
+        elif not self.id_column_seen:
+            # said once: every row of a file whose ids are under another name would repeat it
+            self.id_column_seen = True
+            columns = ", ".join(_clip(str(k).strip(), 30) for k in list(raw)[:8])
+            columns += ", ..." if len(raw) > 8 else ""
+            raise _Skip(
+                f"missing id: this row has no 'id' column (it has: {columns}); "
+                "if another column holds the ids, map it: --map COLUMN=id",
+                "id",
+            )
         pid = _coerce_id(fields.get("id"))
 
         def text(name: str) -> str:
@@ -412,10 +434,13 @@ class _FileIngest:
             except json.JSONDecodeError as exc:
                 notes.append(_Note("attributes", f"attributes is not valid JSON ({exc.msg}); ignored"))
                 return out
+            except (ValueError, RecursionError) as exc:
+                notes.append(_Note("attributes", f"attributes is {_json_error(exc)}; ignored"))
+                return out
         if isinstance(obj, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in obj):
             obj = dict(obj)  # Parquet map<string, *> columns arrive as (key, value) pairs
         if not isinstance(obj, dict):
-            notes.append(_Note("attributes", f"attributes is a {_json_kind(obj)}, not an object; ignored"))
+            notes.append(_Note("attributes", f"attributes is {_a(_json_kind(obj))}, not an object; ignored"))
             return out
         for k, v in obj.items():
             key = str(k).strip()
@@ -472,6 +497,7 @@ class _FileIngest:
             yield from self._parse_jsonl(self._lines(fh))
 
     def _parse_jsonl(self, lines: Iterable[tuple[int, str, bool]]) -> Iterator[tuple[int, Any, list[_Note]]]:
+        first = True
         for n, text, bad in lines:
             if not text.strip():
                 continue
@@ -479,10 +505,17 @@ class _FileIngest:
             text = text.rstrip("\r\n")
             try:
                 obj: Any = json.loads(text)
-            except json.JSONDecodeError as exc:
-                obj = _Skip(f"malformed JSON ({exc.msg} at column {exc.colno})", id=self._guess_id(text))
-            except RecursionError:
-                obj = _Skip("malformed JSON (nested too deeply)", id=self._guess_id(text))
+            except (ValueError, RecursionError) as exc:  # ValueError: a number over 4300 digits
+                obj = _Skip(_json_error(exc), id=self._guess_id(text))
+            else:
+                if _SURROGATE_ESCAPE.search(text):
+                    obj = _scrub_surrogates(obj, notes)
+            if first:  # a whole-file JSON document in a JSON Lines file: say what it looks like
+                first = False
+                hint = _jsonl_hint(text)
+                if hint and isinstance(obj, (_Skip, list)):
+                    reason = obj.reason if isinstance(obj, _Skip) else "row is a JSON array, not an object"
+                    obj = _Skip(f"{reason}; {hint}", id=obj.id if isinstance(obj, _Skip) else None)
             yield n, obj, notes
 
     def _guess_id(self, text: str) -> str | None:
@@ -520,18 +553,24 @@ class _FileIngest:
                 f"{self.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                 "a .json catalog is either one JSON array or JSON Lines"
             ) from None
+        except (ValueError, RecursionError) as exc:
+            raise CatalogError(f"{self.name}: {_json_error(exc)}") from None
         if not isinstance(array, list):
             raise CatalogError(f"{self.name}: expected a JSON array of products")
+        surrogates = bool(_SURROGATE_ESCAPE.search(text))
         for i, obj in enumerate(array, 1):
-            yield i, obj, []
+            notes: list[_Note] = []
+            yield i, _scrub_surrogates(obj, notes) if surrogates else obj, notes
 
     def _csv_rows(self) -> Iterator[tuple[int, Any, list[_Note]]]:
         bad_lines: set[int] = set()
+        pending: list[str] = []  # the lines of the record being read (csv reads no further ahead)
 
         def feed(lines: Iterator[tuple[int, str, bool]]) -> Iterator[str]:
             for n, text, bad in lines:
                 if bad:
                     bad_lines.add(n)
+                pending.append(text)
                 yield text
 
         old_limit = csv.field_size_limit()
@@ -552,9 +591,17 @@ class _FileIngest:
                 header = self._csv_header(reader)
                 if header is None:
                     return
+                if _open_quote_at_end(pending, delimiter):
+                    raise CatalogError(
+                        f"{self.name}: a quote in the header never closes, so the whole file reads as "
+                        "the header; close the quote"
+                    )
+                if any(self.fmap.get(h, h.lower()) == "id" for h in header):
+                    self.id_column_seen = True  # a blank id cell is a missing id, not a missing column
                 end = reader.line_num
                 while True:
                     start = end + 1
+                    pending.clear()
                     try:
                         record = next(reader)
                     except StopIteration:
@@ -566,6 +613,24 @@ class _FileIngest:
                     end = reader.line_num
                     if not any(cell.strip() for cell in record):
                         continue
+                    # A quote that never closes swallows every later line into this row's last
+                    # field (csv is lenient); only a record spanning lines can have done that.
+                    if (end > start or record[-1].endswith(("\n", "\r"))) and _open_quote_at_end(
+                        pending, delimiter
+                    ):
+                        column = header[len(record) - 1] if len(record) <= len(header) else None
+                        lost = (
+                            f"runs to the end of the file (line {end}): this row and the {end - start} "
+                            "line(s) after it were not read"
+                            if end > start
+                            else "never closes: row not read"
+                        )
+                        reason = (
+                            f"unclosed quote: the {column or 'last'} value opened on line {start} {lost}; "
+                            'close the quote (a quote inside a quoted value is written "")'
+                        )
+                        yield start, _Skip(reason, column), []
+                        break
                     notes = []
                     if bad_lines.intersection(range(start, end + 1)):
                         notes.append(_Note(None, "invalid UTF-8 bytes replaced with U+FFFD"))
@@ -644,7 +709,7 @@ def _coerce_id(value: Any) -> str:
     if _missing(value):
         raise _Skip("missing id", "id")
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal, bytes)):
-        raise _Skip(f"id must be a string or a number, got a {_json_kind(value)}", "id")
+        raise _Skip(f"id must be a string or a number, got {_a(_json_kind(value))}", "id")
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, float):
@@ -709,7 +774,7 @@ def _string_list(value: Any) -> list[str]:
         if s.startswith("["):
             try:
                 parsed = json.loads(s)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON after all: one value
                 parsed = None
             if isinstance(parsed, list):
                 items = parsed
@@ -728,23 +793,97 @@ def _string_list(value: Any) -> list[str]:
 
 
 def _parse_price(value: Any) -> tuple[float | None, _Note | None]:
-    if _missing(value):
+    # NaN is a value someone wrote (JSON NaN, a float column), not a blank: say it was dropped
+    if _missing(value) and not (isinstance(value, float) and math.isnan(value)):
         return None, None
     number: float | None = None
     if isinstance(value, bool):
         number = None
     elif isinstance(value, (int, float, Decimal)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+            number = None
     elif isinstance(value, str):
         m = _PRICE_RE.match(value.strip())
         if m:
             number = float(m.group("num").replace(",", ""))
     if number is None or not math.isfinite(number):
-        shown = value if isinstance(value, (str, int, float)) else _json_kind(value)
-        return None, _Note("price", f"price {shown!r} is not a number; item kept with no price")
+        shown = repr(value) if isinstance(value, (str, int, float)) else repr(_json_kind(value))
+        shown = _clip(shown)
+        return None, _Note("price", f"price {shown} is not a number; item kept with no price")
     if number < 0:
-        return None, _Note("price", f"price {value!r} is negative; item kept with no price")
+        return None, _Note("price", f"price {_clip(repr(value))} is negative; item kept with no price")
     return number, None
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Keeps a report line readable when the bad value is a 400-digit number or a whole page."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _jsonl_hint(first_line: str) -> str | None:
+    s = first_line.strip()
+    if s.startswith("["):
+        return "a JSON array of products is read from a .json file, JSON Lines has one object per line"
+    if s == "{":
+        return "pretty-printed JSON? JSON Lines needs each product on one line"
+    return None
+
+
+def _json_error(exc: ValueError | RecursionError) -> str:
+    """Why a JSON text did not parse, for the report."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"malformed JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "malformed JSON (nested too deeply)"
+    # int() refuses numbers of more than sys.get_int_max_str_digits() (4300) digits
+    return f"unreadable JSON ({str(exc).split(';')[0]})"
+
+
+def _scrub_surrogates(obj: Any, notes: list[_Note]) -> Any:
+    """``obj`` with each lone surrogate (JSON ``"\\ud800"``) replaced by U+FFFD, and a note per
+    top-level field that had one: no tokenizer or UTF-8 writer accepts them."""
+    fields: list[str | None] = []
+    try:
+        if isinstance(obj, dict):
+            out = {}
+            for key, value in obj.items():
+                k, bad_key = _scrub(key)
+                v, bad_value = _scrub(value)
+                out[k] = v
+                if bad_key or bad_value:
+                    fields.append(str(k))
+            obj = out
+        else:
+            obj, bad = _scrub(obj)
+            if bad:
+                fields.append(None)
+    except RecursionError:
+        return _Skip("malformed JSON (nested too deeply)")
+    notes.extend(_Note(f, "invalid \\u escape (lone surrogate) replaced with U+FFFD") for f in fields)
+    return obj
+
+
+def _scrub(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        fixed = _LONE_SURROGATE.sub("\ufffd", value)
+        return fixed, fixed != value
+    if isinstance(value, list):
+        pairs = [_scrub(v) for v in value]
+        return [v for v, _ in pairs], any(bad for _, bad in pairs)
+    if isinstance(value, dict):
+        out, any_bad = {}, False
+        for key, v in value.items():
+            k, bad_key = _scrub(key)
+            out[k], bad_value = _scrub(v)
+            any_bad = any_bad or bad_key or bad_value
+        return out, any_bad
+    return value, False
 
 
 def _attr_value(value: Any) -> AttributeValue | None:
@@ -769,6 +908,17 @@ def _attr_value(value: Any) -> AttributeValue | None:
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False, default=str) if value else None
     return _scalar_str(value)
+
+
+def _open_quote_at_end(lines: list[str], delimiter: str) -> bool:
+    """True when a quoted field in ``lines`` is still open at their end. The strict parser says
+    so ("unexpected end of data") where the lenient one we read with takes the rest as text."""
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def _guess_delimiter(header_line: str) -> str:

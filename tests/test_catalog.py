@@ -102,7 +102,7 @@ def test_price_forms(tmp_path: Path, raw, expected) -> None:
     assert items[0].price == expected and report.issues == []
 
 
-@pytest.mark.parametrize("raw", ["abc", "1,2", "-3", True, [1]])
+@pytest.mark.parametrize("raw", ["abc", "1,2", "-3", True, [1], float("nan"), float("inf")])
 def test_bad_price_keeps_item_without_price(tmp_path: Path, raw) -> None:
     items, report = _read(_jsonl(tmp_path / "c.jsonl", [{"id": "p1", "title": "t", "price": raw}]))
     assert [p.id for p in items] == ["p1"] and items[0].price is None
@@ -203,6 +203,69 @@ def test_malformed_and_non_object_lines_are_skipped_with_line_numbers(tmp_path: 
     assert report.rows_read == 6 and _balanced(report)
 
 
+def test_lone_surrogate_escapes_become_u_fffd_with_a_warning(tmp_path: Path) -> None:
+    # JSON may escape half of a UTF-16 pair; no tokenizer or UTF-8 writer takes it, so it used to
+    # crash the build at encode time. The row is kept, repaired, and the field named.
+    lines = [
+        '{"id": "ok", "title": "Emoji \\ud83d\\ude00 pair"}',  # a valid pair: untouched
+        '{"id": "s1", "title": "bad \\ud800 surrogate"}',
+        '{"id": "s2", "title": "ok", "attributes": {"c\\udfff": "x"}}',
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "a.json").write_text("[" + ", ".join(lines) + "]", encoding="utf-8")
+    for name in ("c.jsonl", "a.json"):
+        items, report = _read(tmp_path / name)
+        by_id = _by_id(items)
+        assert set(by_id) == {"ok", "s1", "s2"}
+        assert by_id["ok"].title == "Emoji \U0001f600 pair"
+        assert by_id["s1"].title == "bad \ufffd surrogate" and by_id["s2"].attributes == {"c\ufffd": "x"}
+        assert _only(report, id="s1").field == "title" and "U+FFFD" in _only(report, id="s1").reason
+        assert _only(report, id="s2").field == "attributes"
+        assert len(report) == 2 and _balanced(report)
+        for p in items:
+            json.dumps(p.to_dict(), ensure_ascii=False).encode("utf-8")  # what items.jsonl needs
+
+
+def test_huge_numbers_are_reported_not_raised(tmp_path: Path) -> None:
+    big = "9" * 400
+    too_long = "1" * 5000  # over Python's 4300-digit limit for int(): json.loads raises ValueError
+    cat = tmp_path / "c.jsonl"
+    cat.write_text(
+        '{"id": "a", "title": "ok"}\n'
+        f'{{"id": "b", "title": "huge price", "price": {big}}}\n'
+        f'{{"id": "c", "title": "unreadable", "price": {too_long}}}\n'
+        '{"id": "d", "title": "after"}\n',
+        encoding="utf-8",
+    )
+    items, report = _read(cat)
+    assert [p.id for p in items] == ["a", "b", "d"] and _by_id(items)["b"].price is None
+    price = _only(report, field="price")
+    assert price.row == 2 and "kept with no price" in price.reason and len(price.reason) < 120
+    skip = _only(report, action="skipped")
+    assert skip.row == 3 and skip.id == "c" and "unreadable JSON" in skip.reason and "4300" in skip.reason
+    assert _balanced(report)
+    # the same number in a JSON array file cannot be skipped alone: the file is unreadable
+    (tmp_path / "a.json").write_text(f'[{{"id": "a", "title": "t", "price": {too_long}}}]')
+    with pytest.raises(CatalogError, match="a.json: unreadable JSON"):
+        list(read_catalog(tmp_path / "a.json", report=IngestReport()))
+    # and in a JSON string inside a CSV cell: the attributes are ignored, the row kept
+    (tmp_path / "c.csv").write_text(f'id,title,attributes\nx,t,"{{""n"": {too_long}}}"\n')
+    items, report = _read(tmp_path / "c.csv")
+    assert [p.id for p in items] == ["x"] and _only(report, field="attributes").row == 2
+
+
+def test_whole_file_json_in_a_jsonl_file_says_so(tmp_path: Path) -> None:
+    rows = [{"id": "1", "title": "one"}, {"id": "2", "title": "two"}]
+    (tmp_path / "pretty.jsonl").write_text(json.dumps(rows[0], indent=2))
+    (tmp_path / "array.jsonl").write_text(json.dumps(rows))
+    items, report = _read(tmp_path / "pretty.jsonl")
+    assert items == [] and "pretty-printed JSON" in _only(report, row=1).reason
+    items, report = _read(tmp_path / "array.jsonl")
+    issue = _only(report, row=1)
+    assert items == [] and issue.id is None
+    assert issue.reason.startswith("row is a JSON array, not an object; ") and ".json file" in issue.reason
+
+
 @pytest.mark.parametrize(
     ("name", "content"), [("e.jsonl", b""), ("w.jsonl", b"\n  \n"), ("h.csv", b"id,title\n")]
 )
@@ -222,9 +285,10 @@ def test_unreadable_files_raise_catalog_error_at_call_time(tmp_path: Path) -> No
     (tmp_path / "c.xml").write_text("<x/>")
     with pytest.raises(CatalogError, match=r"c\.xml: unknown catalog format"):
         read_catalog(tmp_path / "c.xml", report=report)
-    (tmp_path / "dir.jsonl").mkdir()
-    with pytest.raises(CatalogError, match="is a folder"):
-        read_catalog(tmp_path / "dir.jsonl", report=report)
+    for folder in ("dir.jsonl", "products"):  # a folder, whatever its name
+        (tmp_path / folder).mkdir()
+        with pytest.raises(CatalogError, match=f"{folder}: is a folder"):
+            read_catalog(tmp_path / folder, report=report)
     (tmp_path / "bad.parquet").write_bytes(b"this is not parquet at all")
     with pytest.raises(CatalogError, match="bad.parquet: not a readable Parquet file"):
         list(read_catalog(tmp_path / "bad.parquet", report=report))
@@ -422,6 +486,66 @@ def test_csv(tmp_path: Path) -> None:
     assert p.categories == ["Sale", "Men > Tops"] and p.attributes == {"size": "M", "tags": "a|b"}
 
 
+def test_csv_unclosed_quote_is_reported_where_it_opened(tmp_path: Path) -> None:
+    # csv is lenient: a quote that never closes takes every later line into one field, so Q3 and
+    # Q4 used to vanish into Q2's title with "no issues".
+    (tmp_path / "m.csv").write_text('id,title\nQ1,a\nQ2,"bad\nQ3,c\nQ4,d\n', encoding="utf-8")
+    items, report = _read(tmp_path / "m.csv")
+    assert [(p.id, p.title) for p in items] == [("Q1", "a")]
+    issue = _only(report, action="skipped")
+    assert issue.file == str(tmp_path / "m.csv") and issue.row == 3 and issue.field == "title"
+    assert "unclosed quote" in issue.reason and "line 3" in issue.reason and "line 5" in issue.reason
+    (tmp_path / "nonl.csv").write_text('id,title,price\nQ1,first,1\nQ2,"bad,2\nQ3,c,3', encoding="utf-8")
+    items, report = _read(tmp_path / "nonl.csv")
+    assert [p.id for p in items] == ["Q1"] and _only(report, action="skipped").row == 3
+    (tmp_path / "last.csv").write_text('id,title,price\nQ1,first,1\nQ2,"bad,2\n', encoding="utf-8")
+    items, report = _read(tmp_path / "last.csv")  # its price would be lost inside the title
+    assert [p.id for p in items] == ["Q1"] and "never closes" in _only(report, action="skipped").reason
+    (tmp_path / "h.csv").write_text('id,"title\nQ1,a\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match="h.csv: a quote in the header never closes"):
+        list(read_catalog(tmp_path / "h.csv", report=IngestReport()))
+
+
+def test_csv_quoted_multiline_values_are_not_unclosed_quotes(tmp_path: Path) -> None:
+    cat = tmp_path / "c.csv"
+    with open(cat, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "title", "description"])
+        w.writerow(["1", "Tee", 'line one\nsays "soft"\n'])
+        w.writerow(["2", "Cap", "ends the file\non two lines\n"])  # the last record spans lines
+    items, report = _read(cat)
+    assert [(p.id, p.description) for p in items] == [
+        ("1", 'line one\nsays "soft"'),
+        ("2", "ends the file\non two lines"),
+    ]
+    assert report.issues == []
+    cat.write_text('id,title\n1,"a\nb"', encoding="utf-8")  # closed at the very end, no newline
+    items, report = _read(cat)
+    assert [p.title for p in items] == ["a\nb"] and report.issues == []
+
+
+def test_missing_id_column_hint_is_given_once(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("sku,title\nX1,one\nX2,two\nX3,three\n", encoding="utf-8")
+    items, report = _read(tmp_path / "c.csv")
+    assert items == [] and [i.row for i in report.by_action("skipped")] == [2, 3, 4]
+    hints = [i for i in report.issues if "--map" in i.reason]
+    assert len(hints) == 1 and hints[0].row == 2 and "sku, title" in hints[0].reason
+    # an id column whose cell is blank is a missing id, not a missing column
+    (tmp_path / "b.csv").write_text("id,title\n,one\n", encoding="utf-8")
+    _, report = _read(tmp_path / "b.csv")
+    assert _only(report, action="skipped").reason == "missing id"
+    # and with the mapping the ids are found
+    items, report = _read(tmp_path / "c.csv", field_map={"sku": "id"})
+    assert [p.id for p in items] == ["X1", "X2", "X3"] and report.issues == []
+
+
+def test_kinds_take_the_right_article(tmp_path: Path) -> None:
+    rows = [{"id": "1", "title": "t", "attributes": [1, 2]}, {"id": ["x"], "title": "t"}]
+    _, report = _read(_jsonl(tmp_path / "c.jsonl", rows))
+    assert "attributes is an array, not an object" in _only(report, field="attributes").reason
+    assert "got an array" in _only(report, field="id").reason
+
+
 def test_csv_non_utf8_extra_values_semicolons_and_tsv(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_bytes(b"id,title\n1,caf\xe9\n2,ok,surplus\n")
     items, report = _read(tmp_path / "c.csv")
@@ -472,6 +596,16 @@ def test_empty_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp_path / "e.parquet")
     items, report = _read(tmp_path / "e.parquet")
     assert items == [] and _only(report, action="warning").reason == "catalog file is empty"
+
+
+def test_parquet_nan_price_is_reported(tmp_path: Path) -> None:
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "title": ["t", "t"], "price": [float("nan"), None]}),
+        tmp_path / "n.parquet",
+    )
+    items, report = _read(tmp_path / "n.parquet")
+    assert [p.price for p in items] == [None, None]
+    assert _only(report, field="price").row == 1  # NaN was written; a null is just no price
 
 
 # --------------------------------------------------------------------------- several files and the report

@@ -35,7 +35,7 @@ from indexer.lexical.tantivy_index import stemmer
 from indexer.product import Product
 from shopsearch.errors import IndexCorruptError
 
-__all__ = ["Correction", "SpellCorrector", "Vocabulary", "product_words"]
+__all__ = ["MAX_WORD_LEN", "Correction", "SpellCorrector", "Vocabulary", "product_words"]
 
 VOCAB_DIR = "spelling"
 _WORD = re.compile(r"[^\W_]+")
@@ -43,6 +43,10 @@ _WORD = re.compile(r"[^\W_]+")
 # another product (红色连衣裙 / 蓝色连衣裙), not a typo
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\u0e00-\u0e7f]")
 _FORMAT = 1
+# Longer "words" (a pasted hash, a run of letters from a broken export) are no word a shopper
+# types or misspells; real words and brand names are far shorter. They are left out of the
+# vocabulary and never corrected: the delete index costs the square of a word's length.
+MAX_WORD_LEN = 40
 
 
 def _words(text: str) -> list[str]:
@@ -95,7 +99,7 @@ def product_words(p: Product) -> set[str]:
     out: set[str] = set()
     for part in parts:
         if part:
-            out.update(_words(str(part)))
+            out.update(w for w in _words(str(part)) if len(w) <= MAX_WORD_LEN)
             out.update(_unit_marks(str(part)))
     return out
 
@@ -180,7 +184,9 @@ class Vocabulary:
         words = sorted(
             w
             for w in rows_of
-            if len(w) >= min_len and not w.startswith(_MARK) and not any(c.isdigit() for c in w)
+            if min_len <= len(w) <= MAX_WORD_LEN
+            and not w.startswith(_MARK)
+            and not any(c.isdigit() for c in w)
         )
         df = np.array([len(rows_of[w]) for w in words], dtype=np.int32)
         pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]
@@ -414,8 +420,8 @@ class SpellCorrector:
     (:meth:`joins`), and units follow the catalog's style (:meth:`units`).
 
     ``min_len``: shorter words are left alone (one edit turns a 3-letter word into too many
-    others). ``min_df``: a catalog word used by fewer products is not offered (catalogs have
-    typos too).
+    others); so are words longer than ``MAX_WORD_LEN``, which the vocabulary leaves out.
+    ``min_df``: a catalog word used by fewer products is not offered (catalogs have typos too).
     """
 
     def __init__(self, vocab: Vocabulary, *, min_len: int = 4, min_df: int = 2, far_len: int = 7) -> None:
@@ -429,7 +435,12 @@ class SpellCorrector:
     def suggest(self, word: str) -> str | None:
         """The catalog word(s) to search instead of ``word`` (lower-cased), or None to keep it."""
         v = self.vocab
-        if len(word) < self.min_len or not word.isalpha() or _UNSPACED.search(word) or v.knows(word):
+        if (
+            not self.min_len <= len(word) <= MAX_WORD_LEN
+            or not word.isalpha()
+            or _UNSPACED.search(word)
+            or v.knows(word)
+        ):
             return None
         cands = [(w, d) for w, d in v.neighbours(word) if d >= self.min_df]
         if cands:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from indexer.encoders.text import tokenizer_words
 from indexer.product import Product
-from indexer.spelling import SpellCorrector, Vocabulary, damerau1, product_words
+from indexer.spelling import MAX_WORD_LEN, SpellCorrector, Vocabulary, damerau1, product_words
 from indexer.store import LiveIndex, build_index, current_generation
 from reranker.pipeline import SearchPipeline, SearchRequest
 from retriever.search import Retriever
@@ -199,6 +199,24 @@ def test_words_added_after_the_build_are_never_corrected() -> None:
     assert c.correct('36" hoodie').text == '36" hoodie'  # no product writes inches yet
     v.add(product_words(Product(id="new2", title="Hoodie rack 36 inch")))
     assert c.correct('36" hoodie').text == "36 inch hoodie"  # the same corrector sees the upsert
+
+
+def test_overlong_words_are_left_out_and_never_corrected() -> None:
+    # Each vocabulary word is stored with all its one-letter deletions: a 1 MB "word" (a pasted
+    # blob) made the build hang. Nobody types or misspells such a word, so it is left out on both
+    # sides: not in the vocabulary, and a query word that long is never changed.
+    long = "pneumonoultramicroscopicsilicovolcanoconiosis"
+    assert len(long) > MAX_WORD_LEN
+    blob = "a" * 2000
+    assert long not in product_words(Product(id="1", title=f"{long} mask {blob}"))
+    v = vocab(*[f"{long} mask"] * 3, f"{blob} filter")
+    assert "mask" in v.words and "filter" in v.words
+    assert max(len(w) for w in v.words) <= MAX_WORD_LEN
+    c = SpellCorrector(v)
+    typo = long.replace("volcano", "volcamo")
+    assert not c.correct(f"{typo} mask").changed
+    assert not c.correct(blob[:-1]).changed
+    assert c.correct("maks").text == "mask"  # ordinary words still are
 
 
 def test_vocabulary_files_round_trip_without_pickle(tmp_path: Path) -> None:

@@ -528,6 +528,8 @@ class LiveIndex:
             with open(path / "items.jsonl", encoding="utf-8") as f:
                 for n, line in enumerate(f, 1):  # noqa: B007 - n names the bad line
                     table.append(Product.from_dict(json.loads(line)))
+        except FileNotFoundError:
+            raise IndexCorruptError(f"{path}/items.jsonl is missing") from None
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise IndexCorruptError(f"{path}/items.jsonl line {n}: {exc}") from None
         vectors: dict[str, VectorIndex] = {}
@@ -552,17 +554,21 @@ class LiveIndex:
             (product_words(p) if p is not None else set() for p in table.rows),
             lexicon=tokenizer_words(self.settings.text_model),
         )
-        self.generation, self.path, self.manifest = name, path, manifest
-        self.table, self.vectors, self.lexical = table, vectors, lexical
-        self.vocabulary = vocabulary
-        self._wal_path = path / "wal.jsonl"
         # --- fusion model: this generation's fused vectors (WAL rows get theirs as they replay)
         from indexer.fusion.sidecar import fused_stamp, open_fused
 
-        self._fused_stamp = fused_stamp(path)
-        self.fused = open_fused(path, name, device=self.settings.device)
+        fused_at = fused_stamp(path)
+        fused = open_fused(path, name, device=self.settings.device)
         # --- end fusion model
-        self._replay_wal()
+        # everything above is opened while searches go on with the previous generation; they
+        # wait only for the switch and the WAL replay
+        with self.state_lock.writing():
+            self.generation, self.path, self.manifest = name, path, manifest
+            self.table, self.vectors, self.lexical = table, vectors, lexical
+            self.vocabulary = vocabulary
+            self._wal_path = path / "wal.jsonl"
+            self._fused_stamp, self.fused = fused_at, fused
+            self._replay_wal()
         self._current_mtime = self._current_stat()
         self._checked_at = time.monotonic()
         # the previous generation's engines are released by GC once in-flight searches finish
@@ -589,7 +595,7 @@ class LiveIndex:
             and current_generation(self.index_dir) == self.generation
         ):
             return self._refresh_fused()
-        with self._write_mutex, self.state_lock.writing():
+        with self._write_mutex:
             self._load()
         return True
 
@@ -599,11 +605,11 @@ class LiveIndex:
 
         if fused_stamp(self.path) == self._fused_stamp:
             return False
-        with self._write_mutex, self.state_lock.writing():
+        with self._write_mutex:
             return refresh_fused(self)
 
     def reload(self) -> None:
-        with self._write_mutex, self.state_lock.writing():
+        with self._write_mutex:
             self._load()
 
     # ----------------------------------------------------------------- WAL

@@ -857,6 +857,39 @@ def test_concurrent_searches(client: TestClient) -> None:
     assert not errors and results == [200] * 12
 
 
+def test_searches_never_fail_while_a_new_generation_is_swapped_in(tmp_path: Path) -> None:
+    """A reload opens the new generation beside the old one, then switches under the write lock:
+    searches meanwhile get the old or the new index, never a mix, and no error."""
+    pipeline, settings, media = open_pipeline(tmp_path)
+    try:
+        c = TestClient(create_app(pipeline, settings=settings), raise_server_exceptions=False)
+        first = pipeline.index.generation
+        stop = threading.Event()
+        statuses: list[int] = []
+
+        def searcher(q: str) -> None:
+            while not stop.is_set():
+                statuses.append(c.post("/search", json={"query": q, "k": 10}).status_code)
+
+        threads = [threading.Thread(target=searcher, args=(q,)) for q in ("black hoodie", "watch", "")]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(2):
+                build_index(
+                    catalogs=[media / "catalog.jsonl"], index_dir=settings.index_dir, settings=settings
+                )
+                assert c.post("/admin/reload").status_code == 200
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert pipeline.index.generation != first
+        assert len(statuses) > 20 and set(statuses) == {200}
+    finally:
+        pipeline.close()
+
+
 def test_searches_never_fail_while_items_are_replaced_and_deleted(tmp_path: Path) -> None:
     """A replace kills the item's row and appends a new one, a delete kills it: before the index's
     read/write lock, searches that met one half-way failed ("row N is dead", rows past the end of

@@ -202,14 +202,16 @@ def open_fused(gen_path: Path, generation: str, *, device: str = "auto") -> Fuse
 
 def refresh_fused(live: Any) -> bool:
     """Swap in a newly published fused version of the loaded generation (LiveIndex calls this
-    under its write mutex); WAL rows are embedded before the swap. Returns True if swapped."""
+    under its write mutex, so no write changes the table meanwhile); WAL rows are embedded before
+    the swap, and searches wait only for the swap itself. Returns True if swapped."""
     stamp = fused_stamp(live.path)
     if stamp == getattr(live, "_fused_stamp", None):
         return False
     fused = open_fused(live.path, live.generation, device=live.settings.device)
     if fused is not None:
         fused.embed_rows(live.table.live_rows(), live.table, live.vectors)
-    live.fused, live._fused_stamp = fused, stamp
+    with live.state_lock.writing():
+        live.fused, live._fused_stamp = fused, stamp
     return True
 
 

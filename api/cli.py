@@ -17,6 +17,7 @@ import typer
 
 from shopsearch.errors import ConfigError, ShopSearchError
 from shopsearch.settings import Settings, load_settings
+from shopsearch.text import is_utf8
 
 try:  # typer >= 0.29 ships its own copy of click and raises that copy's exceptions
     from typer._click import Command, Context, Parameter
@@ -43,21 +44,12 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(config, **overrides)
 
 
-def _is_utf8(text: str) -> bool:
-    """False for text holding lone surrogates: bytes that were not UTF-8 (surrogateescape)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _check_output_dir(path: Path, option: str, *inner: str) -> None:
     """Refuse an output folder that cannot be created or written to before any expensive work, so
     that a long build or training does not fail at its very end. ``inner``: existing subfolders the
     command writes into, checked too."""
     path = path.absolute()
-    if not _is_utf8(str(path)):  # faiss and tantivy take UTF-8 paths only
+    if not is_utf8(str(path)):  # faiss and tantivy take UTF-8 paths only
         raise ConfigError(f"{option} {os.fsencode(path)!r} is not a valid UTF-8 path")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, not a directory")
@@ -590,7 +582,7 @@ def _check_utf8(callback: Callable[..., Any] | None) -> Callable[..., Any]:
 
     def check(ctx: Context, param: Parameter, value: Any) -> Any:
         for v in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(v, str) and not _is_utf8(v):
+            if isinstance(v, str) and not is_utf8(v):
                 raw = v.encode("utf-8", "surrogateescape")
                 raise typer.BadParameter(f"not valid UTF-8: {raw!r}", ctx=ctx, param=param)
         return value if callback is None else callback(ctx, param, value)

@@ -40,6 +40,7 @@ import numpy as np
 
 from shopsearch.errors import CatalogError, ConfigError, IndexCorruptError
 from shopsearch.settings import Settings
+from shopsearch.text import is_utf8
 
 EVENTS_DIR = "events"
 DB_NAME = "events.sqlite"
@@ -300,14 +301,6 @@ def _strip_bom(lines: Iterator[str]) -> Iterator[str]:
         yield line[1:] if n == 0 and line.startswith("\ufeff") else line
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def hash_id(value: str, salt: bytes) -> str:
     """Keyed hash of a user/session id: stable for one salt, useless without it."""
     return hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
@@ -339,7 +332,7 @@ class EventParser:
             raise _Bad(None, "an event must be a JSON object", "not an object")
         # JSON may carry lone surrogates ("\ud800"), CSV undecodable bytes: neither can be stored
         for key, value in raw.items():
-            if isinstance(value, str) and not _is_utf8(value):
+            if isinstance(value, str) and not is_utf8(value):
                 raise _Bad(str(key), f"{key} is not valid UTF-8 text", "bad value")
         item = _id_field(raw, "item_id", True)
         assert item is not None

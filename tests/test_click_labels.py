@@ -172,7 +172,7 @@ def test_cli_from_events_refuses_mixed_or_missing_labels(tmp_path):
     from api.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["train-reranker", "--help"])
+    res = runner.invoke(app, ["train-reranker", "--help"], env={"COLUMNS": "200"})
     assert "--from-events" in res.output and "--label-share" in res.output
     (tmp_path / "q.tsv").write_text("q1\tred mug\n")
     res = runner.invoke(

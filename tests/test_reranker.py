@@ -566,7 +566,7 @@ def test_cli_train_reranker_options_and_bad_input(tmp_path):
     from api.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["train-reranker", "--help"])
+    res = runner.invoke(app, ["train-reranker", "--help"], env={"COLUMNS": "200"})  # no clipped names
     assert res.exit_code == 0
     opts = ("--split-train-only", "--epochs", "--seed", "--model", "--adversarial", "--no-augment", "--refit")
     for opt in opts:

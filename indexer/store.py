@@ -635,31 +635,44 @@ class LiveIndex:
             f.flush()
             os.fsync(f.fileno())
 
-    def _apply(self, rec: dict[str, Any], *, commit: bool) -> None:
+    def _apply(
+        self,
+        rec: dict[str, Any],
+        *,
+        commit: bool,
+        exclusive: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
+        """The item table, vectors and vocabulary change under ``exclusive`` (the state lock's
+        write side: searches wait for it); the BM25 engine is written after it, so a remote
+        cluster's retries never hold searches. A search in between sees the new rows with the old
+        BM25 postings: ids the table no longer has are skipped, a replaced id maps to its new row."""
+        products: list[Product] = []
+        with exclusive or contextlib.nullcontext():
+            if rec["op"] == "upsert":
+                for entry in rec["items"]:
+                    p = Product.from_dict(entry["product"])
+                    row, _old = self.table.append(p)
+                    for modality in MODALITIES:
+                        vec = _decode_vec(entry["vectors"].get(modality))
+                        if vec is None:
+                            continue
+                        index = self.vectors.get(modality)
+                        if index is None:
+                            index = self._new_vector_index(modality, len(vec))
+                            self.vectors[modality] = index
+                        index.add(vec[None, :], np.asarray([row], dtype=np.int64))
+                    products.append(p)
+                for p in products:  # their words are known from now on: never "corrected" away
+                    self.vocabulary.add(product_words(p), self.table.id_to_row[p.id])
+                if getattr(self, "fused", None) is not None:  # --- fusion model
+                    rows = [self.table.id_to_row[p.id] for p in products]
+                    self.fused.embed_rows(rows, self.table, self.vectors)
+            elif rec["op"] == "delete":
+                for item_id in rec["ids"]:
+                    self.table.delete(item_id)
         if rec["op"] == "upsert":
-            products = []
-            for entry in rec["items"]:
-                p = Product.from_dict(entry["product"])
-                row, _old = self.table.append(p)
-                for modality in MODALITIES:
-                    vec = _decode_vec(entry["vectors"].get(modality))
-                    if vec is None:
-                        continue
-                    index = self.vectors.get(modality)
-                    if index is None:
-                        index = self._new_vector_index(modality, len(vec))
-                        self.vectors[modality] = index
-                    index.add(vec[None, :], np.asarray([row], dtype=np.int64))
-                products.append(p)
             self.lexical.upsert(products)
-            for p in products:  # their words are known from now on: never "corrected" away
-                self.vocabulary.add(product_words(p), self.table.id_to_row[p.id])
-            if getattr(self, "fused", None) is not None:  # --- fusion model
-                rows = [self.table.id_to_row[p.id] for p in products]
-                self.fused.embed_rows(rows, self.table, self.vectors)
         elif rec["op"] == "delete":
-            for item_id in rec["ids"]:
-                self.table.delete(item_id)
             self.lexical.delete(rec["ids"])
         if commit:
             self.lexical.commit()
@@ -712,8 +725,7 @@ class LiveIndex:
             if entries:
                 rec = {"op": "upsert", "items": entries, "ts": time.time()}
                 self._append_wal([rec])
-                with self.state_lock.writing():
-                    self._apply(rec, commit=True)
+                self._apply(rec, commit=True, exclusive=self.state_lock.writing())
                 _report_rejected(self.lexical, report)
         return report
 
@@ -736,8 +748,7 @@ class LiveIndex:
             if existing:
                 rec = {"op": "delete", "ids": existing, "ts": time.time()}
                 self._append_wal([rec])
-                with self.state_lock.writing():
-                    self._apply(rec, commit=True)
+                self._apply(rec, commit=True, exclusive=self.state_lock.writing())
         return existing
 
     # ----------------------------------------------------------------- reads

@@ -857,6 +857,42 @@ def test_concurrent_searches(client: TestClient) -> None:
     assert not errors and results == [200] * 12
 
 
+def test_a_slow_keyword_write_does_not_hold_searches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write lock covers the in-memory change only: a BM25 engine that takes its time (an
+    OpenSearch cluster retrying a bulk write for seconds) must not stop searches meanwhile."""
+    from indexer.product import Product
+    from reranker.pipeline import SearchRequest
+
+    pipeline, _settings, _media = open_pipeline(tmp_path)
+    try:
+        lexical = pipeline.index.lexical
+        entered, release = threading.Event(), threading.Event()
+        real_upsert = lexical.upsert
+
+        def slow_upsert(products: Any) -> Any:
+            entered.set()
+            release.wait(30)
+            return real_upsert(products)
+
+        monkeypatch.setattr(lexical, "upsert", slow_upsert)
+        writer = threading.Thread(target=lambda: pipeline.upsert([Product(id="SLOW-1", title="slow hoodie")]))
+        writer.start()
+        assert entered.wait(60)
+        found: list[Any] = []
+        searcher = threading.Thread(
+            target=lambda: found.append(pipeline.search(SearchRequest(text="slow hoodie")))
+        )
+        searcher.start()
+        searcher.join(20)
+        done_while_writing = bool(found)
+        release.set()
+        writer.join(60)
+        assert done_while_writing  # the search finished while the keyword write still waited
+        assert "SLOW-1" in [r.id for r in found[0].results]  # the new row is served (vectors)
+    finally:
+        pipeline.close()
+
+
 def test_searches_never_fail_while_a_new_generation_is_swapped_in(tmp_path: Path) -> None:
     """A reload opens the new generation beside the old one, then switches under the write lock:
     searches meanwhile get the old or the new index, never a mix, and no error."""

@@ -72,7 +72,6 @@ from shopsearch.settings import Settings
 
 FORMAT_VERSION = 1
 MODALITIES = ("text", "image", "video")
-_KEEP_GENERATIONS = 2
 # Rows per add() when loading a k-NN index: bounds the JSON a build holds at once.
 _KNN_LOAD_BATCH = 10_000
 
@@ -398,15 +397,21 @@ def _build_generation(
                 os.fsync(dst.fileno())
         os.rename(tmp, final)
         fsync_dir(gens)
+        previous = current_generation(index_dir)
         # a server-side engine (OpenSearch) moves its alias here; a failure keeps the old generation
-        live = open_lexical_index(final / "lexical", backend=settings.lexical_backend, settings=settings)
+        # live, and this one, never live, goes (kept, it would count as the newest old generation)
         try:
-            live.publish()
-        finally:
-            live.close()
+            live = open_lexical_index(final / "lexical", backend=settings.lexical_backend, settings=settings)
+            try:
+                live.publish()
+            finally:
+                live.close()
+        except BaseException:
+            _drop_generation(final, settings)
+            raise
         atomic_write_text(index_dir / "CURRENT", name + "\n")
     report.save(index_dir / "ingest_report.json")
-    _cleanup_generations(index_dir, keep=name, settings=settings)
+    _cleanup_generations(index_dir, keep={name, previous}, settings=settings)
     return BuildResult(
         generation=name,
         path=final,
@@ -449,11 +454,13 @@ def snapshot_live_generation(src: Path, dst: Path, *, fused: bool = False) -> No
     (dst / "CURRENT").write_text(name + "\n", encoding="utf-8")
 
 
-def _cleanup_generations(index_dir: Path, keep: str, settings: Settings | None = None) -> None:
-    """Remove abandoned .tmp builds and all but the newest complete generations."""
+def _cleanup_generations(index_dir: Path, keep: set[str | None], settings: Settings | None = None) -> None:
+    """Remove abandoned .tmp builds and every complete generation but ``keep``: the new live one
+    and the one live before it (for a rollback). Choosing by name instead would keep a generation
+    that was never live (a build killed between its rename and CURRENT) over the previous one."""
     gens = index_dir / "generations"
     complete = sorted(d for d in gens.glob("gen-*") if not d.name.endswith(".tmp"))
-    doomed = [d for d in complete[:-_KEEP_GENERATIONS] if d.name != keep]
+    doomed = [d for d in complete if d.name not in keep]
     doomed += [d for d in gens.glob("gen-*.tmp")]
     for d in doomed:
         _drop_generation(d, settings)

@@ -192,6 +192,33 @@ def test_catalog_without_valid_rows_never_replaces_the_live_index(tmp_path):
     assert sorted(live.table.id_to_row) == ["a", "b"]
 
 
+def test_a_generation_that_never_went_live_is_not_kept_over_the_previous_one(tmp_path, monkeypatch):
+    """A failed publish (an OpenSearch alias switch refused) left its complete generation behind,
+    and the next build kept it as 'the previous generation' and deleted the one really live."""
+    from indexer.lexical.tantivy_index import TantivyIndex
+    from shopsearch.errors import ShopSearchError
+
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"id": "a", "title": "Blue running shoe"}\n{"id": "b", "title": "Red wool hat"}\n')
+    index_dir = tmp_path / "idx"
+    settings = load_settings(None, index_dir=index_dir)
+    first = build_index([catalog], index_dir, settings, progress=False).generation
+
+    def refuse(self):
+        raise ShopSearchError("alias switch refused")
+
+    monkeypatch.setattr(TantivyIndex, "publish", refuse, raising=False)
+    with pytest.raises(ShopSearchError, match="alias switch refused"):
+        build_index([catalog], index_dir, settings, progress=False)
+    assert current_generation(index_dir) == first
+    assert sorted(p.name for p in (index_dir / "generations").iterdir()) == [first]
+    monkeypatch.undo()
+    second = build_index([catalog], index_dir, settings, progress=False).generation
+    assert sorted(p.name for p in (index_dir / "generations").iterdir()) == [first, second]
+    third = build_index([catalog], index_dir, settings, progress=False).generation
+    assert sorted(p.name for p in (index_dir / "generations").iterdir()) == [second, third]
+
+
 def test_media_under_a_folder_name_that_is_not_utf8(tmp_path):
     # Such a name reaches Python as lone surrogates, which no UTF-8 writer takes: the build used
     # to die writing items.jsonl (and the CLI writing ingest_report.json) after encoding.

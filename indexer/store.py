@@ -48,7 +48,7 @@ from indexer.encoders.base import ImageEncoder, TextEncoder
 from indexer.encoders.text import tokenizer_words
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
-from indexer.lexical import LexicalIndex, drop_lexical_index, open_lexical_index
+from indexer.lexical import LexicalIndex, check_lexical_backend, drop_lexical_index, open_lexical_index
 from indexer.locks import ReadWriteLock, file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
@@ -219,7 +219,9 @@ def build_index(
     ``.tmp`` directory and the OpenSearch indexes it created are deleted (best effort), and the
     live generation is untouched. Catalogs that yield no item raise CatalogError before any
     generation is written: an empty index never replaces a live one."""
-    check_vector_backend(settings)  # an unreachable cluster or no k-NN plugin: fail before encoding
+    # an unreachable cluster, refused credentials or no k-NN plugin: fail before encoding
+    check_lexical_backend(settings)
+    check_vector_backend(settings)
     started: list[Path] = []
     try:
         return _build_generation(catalogs, Path(index_dir), settings, field_map, progress, encoders, started)

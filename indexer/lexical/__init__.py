@@ -20,6 +20,7 @@ __all__ = [
     "LexicalHit",
     "LexicalIndex",
     "TantivyIndex",
+    "check_lexical_backend",
     "drop_lexical_index",
     "open_lexical_index",
     "resolve_field_boosts",
@@ -51,6 +52,21 @@ def open_lexical_index(
         config = OpenSearchConfig.from_settings(settings or _default_settings())
         return open_opensearch_index(Path(path), config, field_boosts=field_boosts, create=create)
     raise ConfigError(f"unknown lexical backend {backend!r} (available: {', '.join(BACKENDS)})")
+
+
+def check_lexical_backend(settings: Settings) -> None:
+    """Before a build encodes anything: the configured lexical backend can be used (tantivy
+    always; OpenSearch: the cluster answers and accepts our credentials). Found only at the end,
+    an unreachable cluster cost the whole encoding (hours on a large catalog)."""
+    if settings.lexical_backend != "opensearch":
+        return
+    from indexer.lexical.opensearch_index import Connection, OpenSearchConfig
+
+    conn = Connection(OpenSearchConfig.from_settings(settings))
+    try:
+        conn.check_cluster()
+    finally:
+        conn.close()
 
 
 def drop_lexical_index(path: Path, settings: Settings | None = None) -> None:

@@ -469,10 +469,12 @@ def test_rejected_credentials_are_a_config_error(cluster: Cluster, prefix: str) 
         return answer(401, "security_exception", "missing authentication credentials for REST request")
 
     with FaultProxy(cluster.url, plan) as proxy:
-        with pytest.raises(ConfigError, match="rejected the credentials.*opensearch_user"):
+        with pytest.raises(ConfigError, match="rejected the credentials.*opensearch_user") as err:
             OpenSearchIndex(
                 config_for(proxy.url, prefix, user="u", password="wrong"), f"{prefix}-x", create=True
             )
+    # the operator's mistake, not the API client's: a storefront gets 503, not 400
+    assert err.value.http_status == 503
 
 
 def test_429_storm_retries_with_backoff_then_fails_clearly(

@@ -177,7 +177,13 @@ class Connection:
 
     # ----------------------------------------------------------------- errors
     def classify(self, exc: BaseException, what: str) -> tuple[bool, ShopSearchError]:
-        """(worth retrying, the error to raise if not or if retries run out)."""
+        """(worth retrying, the error to raise if not or if retries run out). Whatever the cluster
+        answers is the service's problem, never the API client's: the error carries HTTP 503 (a
+        storefront retries or shows its fallback) whatever its class says for the CLI."""
+        retryable, error = self._classify(exc, what)
+        return retryable, _service_side(error)
+
+    def _classify(self, exc: BaseException, what: str) -> tuple[bool, ShopSearchError]:
         where = self.config.where()
         if isinstance(exc, os_exc.SSLError):
             return False, ConfigError(
@@ -216,7 +222,10 @@ class Connection:
                     f"HTTP {status} {kind} {reason}"
                 )
             if status == 404:
-                return False, IndexNotFoundError(f"OpenSearch: {what}: {reason or kind}")
+                return False, IndexNotFoundError(
+                    f"OpenSearch: {what}: {reason or kind}; if the index was deleted or the cluster lost "
+                    "its data, rebuild it with 'shopsearch index'"
+                )
             if status == 413:
                 return False, ConfigError(
                     f"OpenSearch refused {what} as too large (HTTP 413): lower opensearch_bulk_chunk"
@@ -336,12 +345,19 @@ class Connection:
                         retry.append(op)
                         last_reason = f"HTTP {status} {kind} {reason}"
                     elif status == 403 and "cluster_block" in kind:
-                        raise ShopSearchError(
-                            f"OpenSearch refuses writes to {index}: {reason} "
-                            "(a full disk makes indexes read-only)"
+                        raise _service_side(
+                            ShopSearchError(
+                                f"OpenSearch refuses writes to {index}: {reason} "
+                                "(a full disk makes indexes read-only)"
+                            )
                         )
                     elif status == 404 and "index_not_found" in kind:
-                        raise IndexNotFoundError(f"OpenSearch index {index} was deleted during a bulk write")
+                        raise _service_side(
+                            IndexNotFoundError(
+                                f"OpenSearch index {index} was deleted during a bulk write; rebuild it "
+                                "with 'shopsearch index'"
+                            )
+                        )
                     else:
                         on_done(op[0], False, f"HTTP {status} {kind}: {reason}")
                 if not retry:
@@ -359,6 +375,12 @@ class Connection:
             delay = self.backoff(attempt)
             log.warning("%s; retry %d/%d in %.2f s", failure.message, attempt, self.config.max_retries, delay)
             time.sleep(delay)
+
+
+def _service_side(error: ShopSearchError) -> ShopSearchError:
+    """What the cluster answered is the service's problem, not the API client's: HTTP 503."""
+    error.http_status = 503
+    return error
 
 
 def _short(exc: BaseException) -> str:

@@ -334,6 +334,27 @@ def aliases(config: OpenSearchConfig) -> list[str]:
         conn.close()
 
 
+def test_a_live_write_never_re_creates_an_index_the_cluster_lost(config: OpenSearchConfig) -> None:
+    """A cluster restarted empty: a bulk write used to auto-create the index with a guessed mapping
+    (every matching BM25 query then failed) while the write reported success."""
+    alias = config.index_prefix
+    index = OpenSearchIndex(config, f"{alias}-gen-000001", alias=alias, owner="o", create=True)
+    conn = raw(config)
+    try:
+        index.upsert(CATALOG[:2])
+        index.commit()
+        index.publish()
+        conn.client.indices.delete(index=f"{alias}-gen-000001")  # what a wiped cluster looks like
+        index.upsert(CATALOG[2:3])
+        with pytest.raises(IndexNotFoundError, match="no longer has index.*rebuild") as err:
+            index.commit()
+        assert err.value.http_status == 503
+        assert not conn.client.indices.exists(index=f"{alias}-gen-000001")
+    finally:
+        conn.close()
+        index.close()
+
+
 def test_publish_moves_the_alias_atomically_and_drop_spares_the_live_index(config: OpenSearchConfig) -> None:
     alias = config.index_prefix
     first = OpenSearchIndex(config, f"{alias}-gen-000001", alias=alias, owner="o", create=True)

@@ -692,6 +692,17 @@ class OpenSearchIndex(LexicalIndex):
         one_shard = self.config.shards == 1
         single = len(ops) <= max(1, self.config.bulk_chunk) and not self._unrefreshed
         covered = refresh in ("wait_for", "true") and (one_shard or single)
+        if not self._building and not self._call(
+            f"checking that {self.name} still exists", self._conn.client.indices.exists, index=self.name
+        ):
+            # a bulk write would re-create it with a mapping the cluster guesses, and BM25 would
+            # then fail on every matching query
+            raise _service_side(
+                IndexNotFoundError(
+                    f"OpenSearch no longer has index {self.name} (deleted, or the cluster lost its data): "
+                    "the write was not sent; rebuild the index with 'shopsearch index'"
+                )
+            )
         self._unrefreshed = True  # until the bulk below returns with a covering refresh
         self._conn.bulk(self.name, ops, refresh=refresh, on_done=done)
         self._unrefreshed = not covered

@@ -20,6 +20,8 @@ import numpy as np
 
 from shopsearch.errors import InvalidQueryError
 
+MAX_GRADE = 1000.0  # relevance grades are small numbers (0-3, 0-4, percentages at most)
+
 Qrels = dict[str, dict[str, float]]
 Run = dict[str, list[tuple[str, float]]]  # qid -> [(docid, score)] best first
 
@@ -94,6 +96,10 @@ def read_qrels(path: Path) -> Qrels:
             grade = _number(grade_text)
         except ValueError:
             raise InvalidQueryError(f"{path} line {n}: grade {grade_text!r} is not a number") from None
+        if not -MAX_GRADE <= grade <= MAX_GRADE:  # 1e39 once trained a model of NaN weights
+            raise InvalidQueryError(
+                f"{path} line {n}: grade {grade_text!r} is outside -{MAX_GRADE:g}..{MAX_GRADE:g}"
+            )
         judged = qrels.setdefault(qid, {})
         if doc in judged and judged[doc] != grade:
             raise InvalidQueryError(

@@ -341,7 +341,7 @@ class LearnedReranker(Reranker):
         if stamp is not None:
             try:
                 self.reload()
-            except IndexCorruptError as exc:  # serve the fused order rather than not start
+            except Exception as exc:  # noqa: BLE001 - serve the fused order rather than not start
                 self.last_error, self._stamp = str(exc), stamp
                 log.error("re-ranker checkpoint %s not loaded, serving the fused order: %s", self.folder, exc)
 

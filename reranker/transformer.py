@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from reranker.checkpoint import CONFIG_FILE, publish, read_weights
-from shopsearch.errors import IndexCorruptError
+from shopsearch.errors import IndexCorruptError, ShopSearchError
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -207,9 +207,15 @@ def save_checkpoint(model: ListwiseTransformer, folder: Path, meta: dict[str, An
     checkpoint (the serving side watches config.json)."""
     from safetensors.torch import save_file
 
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged training must not replace the model that serves
+        raise ShopSearchError(
+            f"the trained re-ranker has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): training "
+            f"diverged (check the labels); nothing was written to {folder}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp_w = folder / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp_w))
     doc = {
@@ -254,6 +260,8 @@ def load_checkpoint(folder: Path) -> tuple[ListwiseTransformer, dict[str, Any]]:
         model = ListwiseTransformer(config)
         state = load(read_weights(folder, doc, WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise IndexCorruptError(f"re-ranker checkpoint {folder} has non-finite weights (NaN or inf)")
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         raise IndexCorruptError(f"re-ranker checkpoint {folder} does not match its config: {exc}") from None
     model.eval()

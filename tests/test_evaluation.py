@@ -163,6 +163,7 @@ def test_query_and_qrels_files(tmp_path: Path) -> None:
         ("q1 0 a 2\n\nq1 0 b high\n", "line 3: grade 'high' is not a number"),
         ("q1 0 a 2\nq1 0 a 1\n", "line 2: q1 a is judged twice"),
         ("# only a comment\n", "holds no judgments"),
+        ("q1 0 a 2\nq1 0 b 1e39\n", "line 2: grade '1e39' is outside -1000..1000"),  # trained NaN weights
     ],
 )
 def test_bad_qrels_name_the_line(tmp_path: Path, content: str, message: str) -> None:

@@ -306,6 +306,32 @@ def test_training_is_deterministic_with_augmentation_and_adversarial_steps(adver
     assert all(np.isfinite(h["loss"]) for h in runs[0].history)
 
 
+def test_a_diverged_model_is_never_written_and_never_loaded(tmp_path):
+    """A grade of 1e39 once trained weights that were nearly all NaN; the checkpoint replaced the
+    serving one and every new process then died in the int8 quantizer."""
+    from safetensors.torch import save_file
+
+    from shopsearch.errors import ShopSearchError
+
+    model = _model()
+    save_checkpoint(model, tmp_path / "good", {})
+    broken = _model()
+    with torch.no_grad():
+        next(iter(broken.parameters())).fill_(float("nan"))
+    with pytest.raises(ShopSearchError, match="non-finite weights.*nothing was written"):
+        save_checkpoint(broken, tmp_path / "good", {})
+    load_checkpoint(tmp_path / "good")  # the previous checkpoint is intact
+    doc = json.loads((tmp_path / "good" / "config.json").read_text())
+    del doc["files"]  # written by hand, past the digest check
+    (tmp_path / "good" / "config.json").write_text(json.dumps(doc))
+    save_file(
+        {k: v.contiguous() for k, v in broken.state_dict().items()},
+        str(tmp_path / "good" / "model.safetensors"),
+    )
+    with pytest.raises(IndexCorruptError, match="non-finite weights"):
+        load_checkpoint(tmp_path / "good")
+
+
 def test_bad_configs_and_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="multiple of heads"):
         TrainConfig(d_model=30, heads=4)

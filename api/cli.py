@@ -432,7 +432,9 @@ def train_fusion_cmd(
     photo_views: Annotated[
         int | None, typer.Option(help="Augmented photo views to encode (and cache) per item; 0: none.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (runs are deterministic).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, max=2**32 - 1, help="Random seed (runs are deterministic).")
+    ] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop training after this long.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -508,7 +510,9 @@ def train_reranker_cmd(
     ] = False,
     model: Annotated[str, typer.Option(help="'transformer' or 'lambdamart' (the baseline).")] = "transformer",
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 8,
-    seed: Annotated[int, typer.Option(help="Random seed (runs are deterministic).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Random seed (runs are deterministic).")
+    ] = 0,
     augment: Annotated[bool, typer.Option(help="Query perturbations, list crops, dropped features.")] = True,
     adversarial: Annotated[str, typer.Option(help="'fgm', 'pgd' or 'none'.")] = "fgm",
     cross_attention: Annotated[bool, typer.Option(help="Candidates attend to each other.")] = True,

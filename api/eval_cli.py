@@ -88,7 +88,9 @@ def register(app: typer.Typer) -> None:
         rel_threshold: Annotated[
             float, typer.Option("--rel-threshold", help="Relevant means grade above this.")
         ] = 0.0,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the significance tests.")] = 0,
+        seed: Annotated[
+            int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the significance tests.")
+        ] = 0,
         resamples: Annotated[int, typer.Option("--resamples", help="Significance test resamples.")] = 10_000,
         config: Annotated[Path | None, typer.Option("--config", help="TOML settings file.")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,

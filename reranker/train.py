@@ -620,6 +620,11 @@ class _Fit:
             if (x.labels > 0).any():
                 self.by_qid.setdefault(x.qid, []).append(x)
         self.qids = sorted(self.by_qid)
+        if not self.qids:
+            raise ConfigError(
+                "no training list has a relevant product among its candidates: do the judged document "
+                "ids name items of this index, with grades above 0?"
+            )
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.qids) / cfg.batch_size)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -823,6 +828,28 @@ def select_queries(
     return kept, qrels, counts
 
 
+def _check_out(out: Path | None, index_dir: Path, default: Path) -> None:
+    """Refuse a checkpoint folder that would overwrite something else before any work: another
+    folder of the index (``--out INDEX/models/fusion`` replaced the fusion model), or a folder
+    holding a model of another kind."""
+    if out is None:
+        return
+    target, index, own = Path(out).resolve(), index_dir.resolve(), default.resolve()
+    if target != own and (target == index or index in target.parents):
+        raise ConfigError(
+            f"--out {out} is inside the index {index_dir}, where only {default} holds a re-ranker: "
+            "leave --out out, or give a folder outside the index"
+        )
+    config = target / "config.json"
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind not in ("listwise-transformer", "lambdamart"):
+            raise ConfigError(f"--out {out} already holds something that is not a re-ranker ({config})")
+
+
 def train_reranker(
     index_dir: Path,
     queries_path: Path | None = None,
@@ -853,6 +880,7 @@ def train_reranker(
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
+    _check_out(out, index_dir, model_dir(index_dir))
     snap: Path | None = None
     if from_events:
         cfg = replace(cfg, select="plain")  # click labels: passed-over items are weak negatives

@@ -672,3 +672,12 @@ def test_word_gram_channel_is_optional_and_reads_the_query_words(trained, tmp_pa
     finally:
         plain.close()
         grams.close()
+
+
+def test_judgments_without_a_positive_grade_add_no_pairs() -> None:
+    """All grades 0 or negative used to divide by zero (the top grade) in train-fusion."""
+    from indexer.fusion.data import judged_pairs
+
+    pairs = PairSet()
+    qrels = {"q1": {"a": 0.0, "b": -1.0}}
+    assert judged_pairs(pairs, {"q1": "red mug"}, qrels, {"a": 0, "b": 1}, {}) == 0

@@ -627,6 +627,30 @@ def test_cli_train_reranker_options_and_bad_input(tmp_path):
         ],
     )
     assert isinstance(res.exception, ConfigError) and "need at least 10" in str(res.exception)
+    judged = ["--queries", str(tmp_path / "q.tsv"), "--qrels", str(tmp_path / "r.txt")]
+    res = runner.invoke(app, ["train-reranker", *judged, "--index", str(tmp_path), "--seed", "-1"])
+    assert res.exit_code == 2 and "--seed" in res.output  # numpy refuses it after the lists were built
+    # --out that would overwrite another part of the index, or another kind of model
+    for out in (tmp_path / "models" / "fusion", tmp_path, tmp_path / "generations"):
+        res = runner.invoke(app, ["train-reranker", *judged, "--index", str(tmp_path), "--out", str(out)])
+        assert isinstance(res.exception, ConfigError) and "inside the index" in str(res.exception)
+    other = tmp_path.parent / f"{tmp_path.name}-fusion-model"
+    other.mkdir()
+    (other / "config.json").write_text('{"kind": "fusion"}')
+    res = runner.invoke(app, ["train-reranker", *judged, "--index", str(tmp_path), "--out", str(other)])
+    assert isinstance(res.exception, ConfigError) and "not a re-ranker" in str(res.exception)
+
+
+def test_no_list_with_a_relevant_candidate_is_a_clear_error() -> None:
+    """Judgments naming no indexed item used to end in torch's 'Expected positive integer
+    total_steps' after the lists were built."""
+    from reranker.train import _Fit
+
+    lists = _synthetic(3, seed=0)
+    for x in lists.lists:
+        x.labels[:] = 0.0  # nothing relevant among the candidates
+    with pytest.raises(ConfigError, match="no training list has a relevant product"):
+        _Fit(lists, TrainConfig(epochs=1, batch_size=2, d_model=16, heads=2, ff=32), None)
 
 
 @pytest.mark.parametrize("cross", [True, False])

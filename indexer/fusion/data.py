@@ -267,7 +267,7 @@ def judged_pairs(
     """Add (query, item) slots for items graded in the upper half of the scale; items graded at
     least half the scale lower become that slot's hard negatives. Returns slots added."""
     grades = [g for j in qrels.values() for g in j.values()]
-    if not grades:
+    if not grades or max(grades) <= 0:  # no positive grade: nothing to learn a match from
         return 0
     top = max(grades)
     pos_min = max(top / 2, min((g for g in grades if g > 0), default=top))

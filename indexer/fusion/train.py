@@ -756,7 +756,9 @@ def train_fusion(
             train_ids = {p.id: int(i) for i, p in zip(positions, products, strict=True) if train_mask[i]}
             n_judged = judged_pairs(pairs, fit_q, qrels, train_ids, synonyms, seed=cfg.seed)
             if not n_judged:
-                raise InvalidQueryError("no judged (query, item) pair matches an item of this index")
+                raise InvalidQueryError(
+                    "no judged (query, item) pair with a grade above 0 names an item of this index"
+                )
         order = np.random.default_rng(cfg.seed).permutation(fit_pos)[: cfg.max_catalog_items]
         order.sort()
         catalog_pairs(pairs, [products[i] for i in order], order.tolist(), synonyms, seed=cfg.seed)

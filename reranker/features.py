@@ -44,8 +44,8 @@ from indexer.product import Product
 from retriever.cf import CF_TERMS
 from retriever.search import Candidate, Retrieval
 from shopsearch.errors import ConfigError, EncoderError, ItemNotFoundError
+from shopsearch.settings import SOURCES  # one list: the sources settings may weigh are those read here
 
-SOURCES: tuple[str, ...] = ("bm25", "text", "text_image", "image", "cf", "fused")
 SOURCE_FEATURES: tuple[str, ...] = ("present", "score", "score_rel", "inv_log_rank")
 # query vector key in Retrieval.query_vectors -> item modalities it is compared with
 COSINES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -7,6 +7,7 @@ Lists and dicts in the environment are JSON, e.g. ``SHOPSEARCH_FIELD_BOOSTS='{"t
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -16,6 +17,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shopsearch.errors import ConfigError
+
+# the candidate sources 'source_weights' may weigh (retriever.search, reranker.features.SOURCES)
+SOURCES: tuple[str, ...] = ("bm25", "text", "text_image", "image", "cf", "fused")
 
 DEFAULT_FIELD_BOOSTS: dict[str, float] = {
     "title": 3.0,
@@ -190,8 +194,16 @@ class Settings(BaseSettings):
     @classmethod
     def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
         for key, weight in value.items():
-            if weight < 0:
-                raise ValueError(f"weight for {key!r} must be >= 0, got {weight}")
+            if not math.isfinite(weight) or weight < 0:  # NaN passed 'weight < 0' and reordered results
+                raise ValueError(f"weight for {key!r} must be a finite number >= 0, got {weight}")
+        return value
+
+    @field_validator("source_weights")
+    @classmethod
+    def _known_sources(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(SOURCES))
+        if unknown:  # a misspelt source would be ignored, and the intended one keep its default
+            raise ValueError(f"unknown source(s) {', '.join(unknown)} (known: {', '.join(SOURCES)})")
         return value
 
 
@@ -210,7 +222,13 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             raise ConfigError(f"config file not found: {p}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
-        data = data.get("shopsearch", data)
+        if "shopsearch" in data:
+            table, rest = data["shopsearch"], sorted(k for k in data if k != "shopsearch")
+            if not isinstance(table, dict):
+                raise ConfigError(f"config file {p}: 'shopsearch' must be a [shopsearch] table")
+            if rest:  # they would be ignored without a word
+                raise ConfigError(f"config file {p}: {', '.join(rest)} outside the [shopsearch] table")
+            data = table
         # environment wins over the file: drop file keys that the environment sets
         data = {k: v for k, v in data.items() if f"SHOPSEARCH_{k.upper()}" not in os.environ}
     data.update({k: v for k, v in overrides.items() if v is not None})

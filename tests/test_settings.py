@@ -26,6 +26,22 @@ def test_bad_settings_name_the_key(tmp_path):
         load_settings(bad)
     with pytest.raises(ConfigError, match="field_boosts"):
         load_settings(None, field_boosts={"title": -1})
+    # NaN passed the old '< 0' check and reordered results; a misspelt source was ignored
+    for weights in ({"bm25": float("nan")}, {"text": float("inf")}):
+        with pytest.raises(ConfigError, match="source_weights.*finite number"):
+            load_settings(None, source_weights=weights)
+    with pytest.raises(ConfigError, match="unknown source.*bm52"):
+        load_settings(None, source_weights={"bm52": 1.0})
+    assert load_settings(None, source_weights={"fused": 1.5, "cf": 0.0}).source_weights["fused"] == 1.5
+    # keys outside the [shopsearch] table used to be ignored without a word
+    outside = tmp_path / "outside.toml"
+    outside.write_text("candidates = -1\n[shopsearch]\nrrf_k = 30\n")
+    with pytest.raises(ConfigError, match="candidates outside the \\[shopsearch\\] table"):
+        load_settings(outside)
+    scalar = tmp_path / "scalar.toml"
+    scalar.write_text("shopsearch = 5\n")
+    with pytest.raises(ConfigError, match="must be a \\[shopsearch\\] table"):
+        load_settings(scalar)
 
 
 def test_bad_json_in_environment_is_a_config_error(monkeypatch):

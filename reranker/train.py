@@ -12,6 +12,7 @@ repeated queries stay on one side and every seed sees the same validation set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -565,8 +566,11 @@ def train_transformer(
             result = _refit(both, cfg, result, piece_table, progress)
         return result
     finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        # restoring the flags must not mask what ended the run (a Ctrl-C here once surfaced as
+        # torch's own AttributeError from a half-imported module instead of the interrupt)
+        with contextlib.suppress(Exception):
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
 
 
 def _new_model(

@@ -28,7 +28,7 @@ from indexer.fusion.model import (
 )
 from indexer.fusion.train import TrainConfig, Trainer, _Data, _Val
 from indexer.product import Product
-from shopsearch.errors import IndexCorruptError
+from shopsearch.errors import ConfigError, IndexCorruptError
 
 torch.set_num_threads(1)
 
@@ -681,3 +681,18 @@ def test_judgments_without_a_positive_grade_add_no_pairs() -> None:
     pairs = PairSet()
     qrels = {"q1": {"a": 0.0, "b": -1.0}}
     assert judged_pairs(pairs, {"q1": "red mug"}, qrels, {"a": 0, "b": 1}, {}) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": 0}, "epochs >= 1"),  # published an untrained model over the trained one
+        ({"photo_views": 100}, "photo views between 0 and 16"),
+        ({"photo_views": -1}, "photo views between 0 and 16"),
+        ({"max_minutes": float("nan")}, "positive number of minutes"),
+        ({"max_minutes": -1.0}, "positive number of minutes"),
+    ],
+)
+def test_train_fusion_refuses_options_out_of_range(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)

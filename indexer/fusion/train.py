@@ -105,8 +105,18 @@ class TrainConfig:
         )
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 2 or self.patience < 1:
-            raise ConfigError("train-fusion needs epochs >= 0, batch size >= 2 and patience >= 1")
+        # epochs 0 published an untrained model over the trained one
+        for name, value, low in (("epochs", self.epochs, 1), ("batch size", self.batch_size, 2)):
+            if value < low:
+                raise ConfigError(f"train-fusion needs {name} >= {low}, got {value}")
+        if self.patience < 1:
+            raise ConfigError(f"train-fusion needs patience >= 1, got {self.patience}")
+        if not 0 <= self.photo_views <= 16:
+            raise ConfigError(f"train-fusion needs photo views between 0 and 16, got {self.photo_views}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigError(
+                f"train-fusion's time budget must be a positive number of minutes, got {self.max_minutes}"
+            )
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
         if not 0 <= self.val_fraction < 1:

@@ -54,6 +54,8 @@ def _tab_pairs(path: Path, what: str, second: str) -> dict[str, str]:
         if qid in out:
             raise InvalidQueryError(f"{path} line {n}: query id {qid!r} appears twice")
         out[qid] = value
+    if not out:  # an empty file trained train-fusion on nothing and published it
+        raise InvalidQueryError(f"{what} file {path} holds no entries")
     return out
 
 

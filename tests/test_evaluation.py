@@ -173,6 +173,13 @@ def test_bad_qrels_name_the_line(tmp_path: Path, content: str, message: str) -> 
         read_qrels(path)
 
 
+def test_an_empty_queries_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "queries.tsv"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(InvalidQueryError, match="holds no entries"):
+        read_queries(path)
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidQueryError, match="qrels file not found"):
         read_qrels(tmp_path / "nope.txt")

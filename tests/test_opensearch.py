@@ -321,6 +321,15 @@ def test_leftovers_are_replaced_but_foreign_and_live_indexes_are_refused(config:
     OpenSearchIndex(config, other, alias=config.index_prefix, owner="/idx/a", create=True).close()
     with pytest.raises(ConfigError, match="belongs to index directory /idx/a.*own opensearch_index_prefix"):
         OpenSearchIndex(config, other, alias=config.index_prefix, owner="/idx/b", create=True)
+    # a new generation name of another directory: it would take the alias that /idx/a serves
+    with pytest.raises(ConfigError, match="serves .*built for index directory /idx/a"):
+        OpenSearchIndex(
+            config,
+            f"{config.index_prefix}-gen-000009",
+            alias=config.index_prefix,
+            owner="/idx/b",
+            create=True,
+        )
 
 
 # ====================================================================== generations and the alias

@@ -598,6 +598,13 @@ class OpenSearchIndex(LexicalIndex):
                 )
             log.warning("replacing %s, left over by an abandoned build", self.name)
             self._call(f"deleting the leftover index {self.name}", indices.delete, index=self.name)
+        for live in self._alias_targets():  # publishing would take the alias from another directory
+            owner = self._owner_of(live)
+            if owner and owner != self.owner:
+                raise ConfigError(
+                    f"alias {self.alias} serves {live}, built for index directory {owner}; "
+                    "give each index directory its own opensearch_index_prefix"
+                )
         body = {
             "settings": {
                 "index": {

@@ -7,6 +7,7 @@ indexes as a boolean row mask (which also hides deleted and replaced rows).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from retriever.cf import CFSource  # --- collaborative filtering
 from retriever.fusion import FUSERS
 from shopsearch.errors import InvalidQueryError
 from shopsearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 
@@ -61,6 +64,23 @@ class Retriever:
         self.settings = settings
         self.cf = CFSource(index.index_dir, settings)  # --- collaborative filtering: lazy, hot-reloaded
         self._corrector: SpellCorrector | None = None
+        self._model_warned: tuple[str, str] | None = None
+
+    def _text_encoder(self) -> Any:
+        """The query encoder, with a warning (once per pair) when it is not the model the index
+        was built with: another model of the same width encodes without error and silently
+        ranks worse (a text score of 0.08 where 0.59 was expected)."""
+        encoder = self.index.encoders.text
+        built = ((self.index.manifest.get("models") or {}).get("text") or {}).get("name")
+        if built and encoder.name != built and self._model_warned != (built, encoder.name):
+            self._model_warned = (built, encoder.name)
+            log.warning(
+                "the index was built with text model %s but queries are encoded with %s: set "
+                "text_model to the index's model, or rebuild the index with this one",
+                built,
+                encoder.name,
+            )
+        return encoder
 
     def correct(self, text: str | None, *, spell: bool | None = None) -> Correction | None:
         """The query as it will be searched: whitespace collapsed and, unless switched off (here or
@@ -183,7 +203,7 @@ class Retriever:
         if text is not None:
             if "text" in vectors and use("text"):
                 t = time.perf_counter()
-                q = given["text"] if "text" in given else index.encoders.text.encode_query(text)
+                q = given["text"] if "text" in given else self._text_encoder().encode_query(text)
                 qvecs["text"] = q
                 timings["encode_text"] = _ms(t)
                 t = time.perf_counter()
@@ -240,7 +260,7 @@ class Retriever:
                 tv = iv = colour = None
                 if text is not None:
                     tv = qvecs.get("text", given.get("text"))
-                    tv = index.encoders.text.encode_query(text) if tv is None else tv
+                    tv = self._text_encoder().encode_query(text) if tv is None else tv
                 if image is not None and fused.config.image_dim:
                     iv = qvecs.get("image", given.get("image"))
                     iv = index.encoders.image.encode([image])[0] if iv is None else iv

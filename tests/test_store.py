@@ -240,6 +240,25 @@ def test_media_under_a_folder_name_that_is_not_utf8(tmp_path):
     assert saved["files"] == [str(catalog)]
 
 
+def test_queries_encoded_by_another_text_model_than_the_index_are_warned_about(built, caplog):
+    from retriever.search import Retriever
+
+    _folder, _catalog, index_dir, settings, _result = built
+    live = LiveIndex(index_dir, settings)
+    retriever = Retriever(live, settings)
+    with caplog.at_level("WARNING", logger="retriever.search"):
+        retriever.retrieve("hoodie")
+        assert "built with text model" not in caplog.text  # the same model: nothing to say
+        live.manifest = {**live.manifest, "models": {"text": {"name": "someone/other-384-model", "dim": 384}}}
+        retriever.retrieve("hoodie")
+        retriever.retrieve("red mug")
+    warnings = [
+        r for r in caplog.records if "built with text model someone/other-384-model" in r.getMessage()
+    ]
+    assert len(warnings) == 1  # once per pair of models, not once per query
+    live.close()
+
+
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(IndexNotFoundError, match="no index"):
         LiveIndex(tmp_path / "nothing", load_settings(None))

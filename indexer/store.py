@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -67,8 +68,11 @@ from shopsearch.errors import (
     IndexCorruptError,
     IndexNotFoundError,
     ItemNotFoundError,
+    ShopSearchError,
 )
 from shopsearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MODALITIES = ("text", "image", "video")
@@ -650,11 +654,16 @@ class LiveIndex:
         *,
         commit: bool,
         exclusive: contextlib.AbstractContextManager[Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         """The item table, vectors and vocabulary change under ``exclusive`` (the state lock's
         write side: searches wait for it); the BM25 engine is written after it, so a remote
         cluster's retries never hold searches. A search in between sees the new rows with the old
-        BM25 postings: ids the table no longer has are skipped, a replaced id maps to its new row."""
+        BM25 postings: ids the table no longer has are skipped, a replaced id maps to its new row.
+
+        With ``exclusive`` (a live write, already in the WAL) a BM25 engine that refuses or cannot
+        be reached does not undo anything: its reason is returned and the write stands (the
+        engine keeps the operations and sends them with the next write; a restart replays the
+        WAL into it). WAL replay (no ``exclusive``) raises as before."""
         products: list[Product] = []
         with exclusive or contextlib.nullcontext():
             if rec["op"] == "upsert":
@@ -679,12 +688,19 @@ class LiveIndex:
             elif rec["op"] == "delete":
                 for item_id in rec["ids"]:
                     self.table.delete(item_id)
-        if rec["op"] == "upsert":
-            self.lexical.upsert(products)
-        elif rec["op"] == "delete":
-            self.lexical.delete(rec["ids"])
-        if commit:
-            self.lexical.commit()
+        try:
+            if rec["op"] == "upsert":
+                self.lexical.upsert(products)
+            elif rec["op"] == "delete":
+                self.lexical.delete(rec["ids"])
+            if commit:
+                self.lexical.commit()
+        except ShopSearchError as exc:
+            if exclusive is None:
+                raise
+            log.warning("keyword index not updated by a stored write: %s", exc.message)
+            return exc.message
+        return None
 
     def _new_vector_index(self, modality: str, dim: int) -> VectorIndex:
         """A modality this generation was built without gains its first vector (a WAL upsert): in
@@ -734,8 +750,17 @@ class LiveIndex:
             if entries:
                 rec = {"op": "upsert", "items": entries, "ts": time.time()}
                 self._append_wal([rec])
-                self._apply(rec, commit=True, exclusive=self.state_lock.writing())
+                failed = self._apply(rec, commit=True, exclusive=self.state_lock.writing())
                 _report_rejected(self.lexical, report)
+                for entry in entries if failed else ():
+                    report.add(
+                        file=None,
+                        row=None,
+                        id=entry["product"]["id"],
+                        field=None,
+                        reason=f"stored, but the keyword (BM25) index is not updated yet: {failed}",
+                        action="warning",
+                    )
         return report
 
     def _check_dims(self, encoded: Encoded) -> None:
@@ -757,7 +782,7 @@ class LiveIndex:
             if existing:
                 rec = {"op": "delete", "ids": existing, "ts": time.time()}
                 self._append_wal([rec])
-                self._apply(rec, commit=True, exclusive=self.state_lock.writing())
+                self._apply(rec, commit=True, exclusive=self.state_lock.writing())  # a failure: logged
         return existing
 
     # ----------------------------------------------------------------- reads

@@ -888,3 +888,45 @@ def test_scale_out_tables_are_the_sizing_script_output() -> None:
     assert out.getvalue().strip() in doc
     assert sizing.hnsw_bytes(384) == pytest.approx(4 * 384 + 272, abs=0.2)
     assert sizing.ivfpq_bytes(64) == 72 and sizing.flat_bytes(1280) == 5120
+
+
+def test_a_stored_write_whose_keyword_update_fails_is_a_warning_not_an_error(
+    tmp_path: Path, cluster: Cluster, prefix: str
+) -> None:
+    """The write is in the WAL, the item table and the vectors before BM25 is written. A failing
+    cluster used to turn that into a 503 for an item GET then found, and a retried DELETE
+    answered 404. Now the write stands with a warning, and the engine sends the kept operations
+    with the next write."""
+    from indexer.store import LiveIndex, build_index
+
+    storm = answer(503, "unavailable", "node is restarting")
+    with FaultProxy(cluster.url, lambda method, path, n: "pass") as proxy:
+        settings = load_settings(
+            None,
+            index_dir=tmp_path / "index",
+            lexical_backend="opensearch",
+            opensearch_urls=[proxy.url],
+            opensearch_index_prefix=prefix,
+            opensearch_replicas=0,
+            opensearch_max_retries=1,
+            opensearch_backoff_s=0.01,
+            **{f"opensearch_{k}": v for k, v in auth_from_env().items()},
+        )
+        catalog = tmp_path / "c.jsonl"
+        catalog.write_text(
+            '{"id": "a", "title": "Blue running shoe"}\n{"id": "b", "title": "Red wool hat"}\n'
+        )
+        build_index([catalog], settings.index_dir, settings, progress=False)
+        live = LiveIndex(settings.index_dir, settings)
+        try:
+            proxy.plan = lambda method, path, n: storm if "_bulk" in path else "pass"
+            report = live.upsert([Product(id="k1", title="Zorbulating Kettle")])
+            [issue] = report.issues
+            assert issue.id == "k1" and issue.action == "warning" and "not updated yet" in issue.reason
+            assert live.get("k1").title == "Zorbulating Kettle"  # stored
+            assert [h.id for h in live.lexical.search("zorbulating", 5)] == []
+            proxy.plan = lambda method, path, n: "pass"
+            assert not live.upsert([Product(id="k2", title="Zorbulating Teapot")]).issues
+            assert sorted(h.id for h in live.lexical.search("zorbulating", 5)) == ["k1", "k2"]
+        finally:
+            live.close()

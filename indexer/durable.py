@@ -48,3 +48,12 @@ def digest(data: bytes) -> str:
     first) before a native loader meets them: LightGBM aborts the whole process on a truncated
     model file instead of raising."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB pieces (an event log may not fit in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

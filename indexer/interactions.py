@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.durable import file_digest
 from shopsearch.errors import CatalogError, ConfigError, IndexCorruptError
 from shopsearch.settings import Settings
 from shopsearch.text import is_utf8
@@ -296,11 +297,6 @@ def _id_field(raw: Mapping[str, Any], name: str, required: bool) -> str | None:
     return text
 
 
-def _strip_bom(lines: Iterator[str]) -> Iterator[str]:
-    for n, line in enumerate(lines):
-        yield line[1:] if n == 0 and line.startswith("\ufeff") else line
-
-
 def hash_id(value: str, salt: bytes) -> str:
     """Keyed hash of a user/session id: stable for one salt, useless without it."""
     return hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
@@ -442,10 +438,8 @@ def read_event_rows(path: Path, field_map: Mapping[str, str] | None = None) -> I
             # used to cost every line around it
             with open(path, "rb") as fb:
                 for n, data in enumerate(fb, 1):
-                    if n == 1 and data.startswith(b"\xef\xbb\xbf"):
-                        data = data[3:]  # a byte-order mark
                     try:
-                        line = data.decode("utf-8")
+                        line = data.decode("utf-8-sig" if n == 1 else "utf-8")  # -sig: a byte-order mark
                     except UnicodeDecodeError:
                         yield n, _Bad(None, "line is not valid UTF-8", "unreadable row")
                         continue
@@ -460,8 +454,10 @@ def read_event_rows(path: Path, field_map: Mapping[str, str] | None = None) -> I
         elif fmt in ("csv", "tsv"):
             with open(path, "rb") as fb:
                 # undecodable bytes stay in their row (as surrogates) and reject only that row
-                lines = (b.decode("utf-8", "surrogateescape") for b in fb)
-                reader = csv.DictReader(_strip_bom(lines), delimiter="\t" if fmt == "tsv" else ",")
+                lines = (
+                    b.decode("utf-8-sig" if i == 0 else "utf-8", "surrogateescape") for i, b in enumerate(fb)
+                )
+                reader = csv.DictReader(lines, delimiter="\t" if fmt == "tsv" else ",")
                 for n, raw in enumerate(reader, 2):  # the header is line 1
                     if None in raw:
                         yield n, _Bad(None, "row has more cells than the header", "unreadable row")
@@ -698,14 +694,10 @@ class EventStore:
         _file_format(path)  # an unknown kind of file, or none at all, is said first
         if not path.is_file():
             raise CatalogError(f"event file not found: {path}")
-        h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            digest = file_digest(path)
         except OSError as exc:
             raise CatalogError(f"cannot read event file {path}: {exc.strerror or exc}") from None
-        digest = h.hexdigest()
         with self._lock:
             row = self._db.execute(
                 "SELECT rows, events, complete, ts FROM imports WHERE digest = ?", (digest,)

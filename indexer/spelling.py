@@ -184,9 +184,7 @@ class Vocabulary:
         words = sorted(
             w
             for w in rows_of
-            if min_len <= len(w) <= MAX_WORD_LEN
-            and not w.startswith(_MARK)
-            and not any(c.isdigit() for c in w)
+            if len(w) >= min_len and not w.startswith(_MARK) and not any(c.isdigit() for c in w)
         )
         df = np.array([len(rows_of[w]) for w in words], dtype=np.int32)
         pairs = [(_key(v), i) for i, w in enumerate(words) for v in _variants(w)]

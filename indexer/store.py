@@ -648,59 +648,61 @@ class LiveIndex:
             f.flush()
             os.fsync(f.fileno())
 
-    def _apply(
-        self,
-        rec: dict[str, Any],
-        *,
-        commit: bool,
-        exclusive: contextlib.AbstractContextManager[Any] | None = None,
-    ) -> str | None:
-        """The item table, vectors and vocabulary change under ``exclusive`` (the state lock's
-        write side: searches wait for it); the BM25 engine is written after it, so a remote
-        cluster's retries never hold searches. A search in between sees the new rows with the old
-        BM25 postings: ids the table no longer has are skipped, a replaced id maps to its new row.
+    def _apply(self, rec: dict[str, Any], *, commit: bool) -> None:
+        """Replay one WAL record (the caller holds the state lock's write side)."""
+        self._write_keywords(rec, self._apply_in_memory(rec), commit=commit)
 
-        With ``exclusive`` (a live write, already in the WAL) a BM25 engine that refuses or cannot
-        be reached does not undo anything: its reason is returned and the write stands (the
-        engine keeps the operations and sends them with the next write; a restart replays the
-        WAL into it). WAL replay (no ``exclusive``) raises as before."""
-        products: list[Product] = []
-        with exclusive or contextlib.nullcontext():
-            if rec["op"] == "upsert":
-                for entry in rec["items"]:
-                    p = Product.from_dict(entry["product"])
-                    row, _old = self.table.append(p)
-                    for modality in MODALITIES:
-                        vec = _decode_vec(entry["vectors"].get(modality))
-                        if vec is None:
-                            continue
-                        index = self.vectors.get(modality)
-                        if index is None:
-                            index = self._new_vector_index(modality, len(vec))
-                            self.vectors[modality] = index
-                        index.add(vec[None, :], np.asarray([row], dtype=np.int64))
-                    products.append(p)
-                for p in products:  # their words are known from now on: never "corrected" away
-                    self.vocabulary.add(product_words(p), self.table.id_to_row[p.id])
-                if getattr(self, "fused", None) is not None:  # --- fusion model
-                    rows = [self.table.id_to_row[p.id] for p in products]
-                    self.fused.embed_rows(rows, self.table, self.vectors)
-            elif rec["op"] == "delete":
-                for item_id in rec["ids"]:
-                    self.table.delete(item_id)
+    def _apply_live(self, rec: dict[str, Any]) -> str | None:
+        """Apply a write already in the WAL. The item table, vectors and vocabulary change under
+        the state lock's write side (searches wait for it); the BM25 engine is written after it,
+        so a remote cluster's retries never hold searches. A search in between sees the new rows
+        with the old BM25 postings: ids the table no longer has are skipped, a replaced id maps to
+        its new row. A BM25 engine that refuses or cannot be reached undoes nothing: the write
+        stands, its reason is returned, and the engine sends the kept operations with the next
+        write (a restart replays the WAL into it)."""
+        with self.state_lock.writing():
+            products = self._apply_in_memory(rec)
         try:
-            if rec["op"] == "upsert":
-                self.lexical.upsert(products)
-            elif rec["op"] == "delete":
-                self.lexical.delete(rec["ids"])
-            if commit:
-                self.lexical.commit()
+            self._write_keywords(rec, products, commit=True)
         except ShopSearchError as exc:
-            if exclusive is None:
-                raise
             log.warning("keyword index not updated by a stored write: %s", exc.message)
             return exc.message
         return None
+
+    def _apply_in_memory(self, rec: dict[str, Any]) -> list[Product]:
+        """Item table, vectors, vocabulary and fused vectors; returns an upsert's products."""
+        products: list[Product] = []
+        if rec["op"] == "upsert":
+            for entry in rec["items"]:
+                p = Product.from_dict(entry["product"])
+                row, _old = self.table.append(p)
+                for modality in MODALITIES:
+                    vec = _decode_vec(entry["vectors"].get(modality))
+                    if vec is None:
+                        continue
+                    index = self.vectors.get(modality)
+                    if index is None:
+                        index = self._new_vector_index(modality, len(vec))
+                        self.vectors[modality] = index
+                    index.add(vec[None, :], np.asarray([row], dtype=np.int64))
+                products.append(p)
+            for p in products:  # their words are known from now on: never "corrected" away
+                self.vocabulary.add(product_words(p), self.table.id_to_row[p.id])
+            if getattr(self, "fused", None) is not None:  # --- fusion model
+                rows = [self.table.id_to_row[p.id] for p in products]
+                self.fused.embed_rows(rows, self.table, self.vectors)
+        elif rec["op"] == "delete":
+            for item_id in rec["ids"]:
+                self.table.delete(item_id)
+        return products
+
+    def _write_keywords(self, rec: dict[str, Any], products: list[Product], *, commit: bool) -> None:
+        if rec["op"] == "upsert":
+            self.lexical.upsert(products)
+        elif rec["op"] == "delete":
+            self.lexical.delete(rec["ids"])
+        if commit:
+            self.lexical.commit()
 
     def _new_vector_index(self, modality: str, dim: int) -> VectorIndex:
         """A modality this generation was built without gains its first vector (a WAL upsert): in
@@ -750,17 +752,18 @@ class LiveIndex:
             if entries:
                 rec = {"op": "upsert", "items": entries, "ts": time.time()}
                 self._append_wal([rec])
-                failed = self._apply(rec, commit=True, exclusive=self.state_lock.writing())
+                failed = self._apply_live(rec)
                 _report_rejected(self.lexical, report)
-                for entry in entries if failed else ():
-                    report.add(
-                        file=None,
-                        row=None,
-                        id=entry["product"]["id"],
-                        field=None,
-                        reason=f"stored, but the keyword (BM25) index is not updated yet: {failed}",
-                        action="warning",
-                    )
+                if failed:
+                    for entry in entries:
+                        report.add(
+                            file=None,
+                            row=None,
+                            id=entry["product"]["id"],
+                            field=None,
+                            reason=f"stored, but the keyword (BM25) index is not updated yet: {failed}",
+                            action="warning",
+                        )
         return report
 
     def _check_dims(self, encoded: Encoded) -> None:
@@ -782,7 +785,7 @@ class LiveIndex:
             if existing:
                 rec = {"op": "delete", "ids": existing, "ts": time.time()}
                 self._append_wal([rec])
-                self._apply(rec, commit=True, exclusive=self.state_lock.writing())  # a failure: logged
+                self._apply_live(rec)  # a keyword index that fails is logged; the delete stands
         return existing
 
     # ----------------------------------------------------------------- reads

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from indexer.durable import digest
+from indexer.durable import digest, file_digest
 from shopsearch.errors import IndexCorruptError
 
 CONFIG_FILE = "config.json"
@@ -28,7 +28,7 @@ def publish(folder: Path, doc: dict[str, Any], weights: dict[str, Path]) -> None
     folder = Path(folder)
     files = {}
     for name, tmp in weights.items():
-        files[name] = digest(Path(tmp).read_bytes())
+        files[name] = file_digest(Path(tmp))
         Path(tmp).replace(folder / name)
     tmp_c = folder / (CONFIG_FILE + ".tmp")
     tmp_c.write_text(json.dumps({**doc, "files": files}, indent=1), encoding="utf-8")

@@ -452,10 +452,18 @@ def _dummy_list() -> ListFeatures:
 def open_reranker(index: Any, settings: Any) -> Reranker:
     """The re-ranker the settings ask for: with ``reranker`` on, a :class:`LearnedReranker` on
     the checkpoint folder (``reranker_model``, default INDEX/models/reranker), which passes the
-    fused order through until a checkpoint is there; with it off, pass-through."""
+    fused order through until a checkpoint is there (a ``reranker_model`` folder that does not
+    exist is logged as a warning); with it off, pass-through."""
     if not getattr(settings, "reranker", True):
         return PassThroughReranker()
-    folder = Path(getattr(settings, "reranker_model", None) or model_dir(index.index_dir))
+    chosen = getattr(settings, "reranker_model", None)
+    folder = Path(chosen or model_dir(index.index_dir))
+    if chosen is not None and not folder.exists():  # by design waited for, but likely a typo
+        log.warning(
+            "re-ranker folder %s (reranker_model) does not exist: the fused order serves "
+            "until a checkpoint appears there",
+            folder,
+        )
     return LearnedReranker(
         index,
         folder,

@@ -3,10 +3,14 @@ optional TOML file (``SHOPSEARCH_CONFIG`` or ``--config``).
 
 Precedence (highest first): explicit keyword arguments, environment, TOML file, defaults.
 Lists and dicts in the environment are JSON, e.g. ``SHOPSEARCH_FIELD_BOOSTS='{"title": 4}'``.
+A ``SHOPSEARCH_*`` variable that names no setting is logged once as a warning (with the closest
+setting's variable when there is one): it would otherwise be ignored without a word.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import tomllib
@@ -17,6 +21,13 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shopsearch.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "SHOPSEARCH_"
+# SHOPSEARCH_* variables the project reads that are not settings fields
+OTHER_ENV_VARS: frozenset[str] = frozenset({"SHOPSEARCH_CONFIG"})
+_warned_env: set[str] = set()  # unknown variables already warned about (once per process)
 
 # the candidate sources 'source_weights' may weigh (retriever.search, reranker.features.SOURCES)
 SOURCES: tuple[str, ...] = ("bm25", "text", "text_image", "image", "cf", "fused")
@@ -33,7 +44,7 @@ DEFAULT_FIELD_BOOSTS: dict[str, float] = {
 class Settings(BaseSettings):
     """Every tunable of the engine. Immutable once built: pass a new one to change behaviour."""
 
-    model_config = SettingsConfigDict(env_prefix="SHOPSEARCH_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     # --- where things live
     index_dir: Path = Path("index")
@@ -207,11 +218,29 @@ class Settings(BaseSettings):
         return value
 
 
+def _warn_unknown_env() -> None:
+    """Warn once about each ``SHOPSEARCH_*`` variable that is no setting: pydantic-settings ignores
+    them. It matches names regardless of case, and so does this check."""
+    fields = list(Settings.model_fields)
+    for name in list(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_VARS or name in _warned_env:
+            continue
+        key = upper.removeprefix(ENV_PREFIX).lower()
+        if key in Settings.model_fields:
+            continue
+        _warned_env.add(name)
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+        log.warning("environment variable %s is not a setting and is ignored%s", name, hint)
+
+
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Build settings from a TOML file (optional), the environment and explicit overrides.
 
     Raises ConfigError with the offending key instead of a pydantic traceback.
     """
+    _warn_unknown_env()
     data: dict[str, Any] = {}
     path = config or os.environ.get("SHOPSEARCH_CONFIG")
     if path:

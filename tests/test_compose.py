@@ -105,8 +105,8 @@ def test_host_ports_do_not_clash(compose: dict) -> None:
 
 
 def test_environment_names_real_settings(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unknown SHOPSEARCH_* variables are silently ignored by pydantic-settings: catch typos here,
-    and check that every example value is accepted."""
+    """An unknown SHOPSEARCH_* variable is only a warning at run time (pydantic-settings ignores
+    it): catch typos in the shipped file here, and check that every example value is accepted."""
     fields = set(Settings.model_fields)
     for name, svc in _shopsearch_services(compose).items():
         env = svc["environment"]

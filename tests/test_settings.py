@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from shopsearch.errors import ConfigError
@@ -48,3 +50,46 @@ def test_bad_json_in_environment_is_a_config_error(monkeypatch):
     monkeypatch.setenv("SHOPSEARCH_CORS_ORIGINS", "not json")
     with pytest.raises(ConfigError, match="CORS_ORIGINS|cors_origins"):
         load_settings(None)
+
+
+def test_unknown_environment_variables_are_warned_about_once(tmp_path, monkeypatch, caplog):
+    """They used to be ignored without a word (unknown TOML keys were already refused)."""
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("rrf_k = 10\n")
+    monkeypatch.setenv("SHOPSEARCH_CONFIG", str(cfg))  # read by load_settings, not a field
+    monkeypatch.setenv("SHOPSEARCH_CANDIDATES", "70")
+    monkeypatch.setenv("SHOPSEARCH_RERANKER_DEPHT", "50")
+    monkeypatch.setenv("SHOPSEARCH_QQZZXXWW", "1")
+    with caplog.at_level(logging.WARNING, logger="shopsearch.settings"):
+        for _ in range(3):
+            s = load_settings(None)
+    assert s.rrf_k == 10 and s.candidates == 70 and s.reranker_depth == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "shopsearch.settings"]
+    assert len(lines) == 2, lines  # once each, however often settings are loaded
+    typo = next(line for line in lines if "SHOPSEARCH_RERANKER_DEPHT" in line)
+    assert "did you mean SHOPSEARCH_RERANKER_DEPTH?" in typo
+    far = next(line for line in lines if "SHOPSEARCH_QQZZXXWW" in line)
+    assert "did you mean" not in far
+    assert not any("SHOPSEARCH_CONFIG" in line or "SHOPSEARCH_CANDIDATES" in line for line in lines)
+
+
+def test_a_reranker_model_folder_that_does_not_exist_is_warned_about(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from reranker.serving import open_reranker
+
+    index = SimpleNamespace(index_dir=tmp_path / "index")  # all open_reranker reads before a checkpoint
+    with caplog.at_level(logging.WARNING, logger="reranker.serving"):
+        open_reranker(index, load_settings(None))  # the default folder: waited for without a word
+        assert not caplog.records
+        typo = tmp_path / "modles" / "reranker"
+        rr = open_reranker(index, load_settings(None, reranker_model=typo))
+    assert rr.name == "none"  # the fused order serves meanwhile, as before
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and str(typo) in lines[0], lines
+    assert "fused order serves until a checkpoint appears" in lines[0]
+    caplog.clear()
+    typo.mkdir(parents=True)  # a folder that exists but has no checkpoint yet: the designed wait
+    with caplog.at_level(logging.WARNING, logger="reranker.serving"):
+        open_reranker(index, load_settings(None, reranker_model=typo))
+    assert not caplog.records

@@ -6,12 +6,13 @@ only imported when the command runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, InvalidQueryError
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -32,6 +33,31 @@ def _run_files(values: list[str] | None) -> dict[str, Path]:
             raise ConfigError(f"--run-file name {name!r} is given twice")
         out[name] = Path(path)
     return out
+
+
+def _check_judged_ids(
+    qrels: dict[str, dict[str, float]],
+    qids: list[str],
+    indexed: Callable[[str], bool],
+    where: str,
+    index: str,
+) -> str | None:
+    """Refuse judgments none of whose items (those of the queries to score) is in the index: every
+    metric would be 0 without a word. Returns a warning line when only some are missing."""
+    judged = list(dict.fromkeys(d for q in qids for d in qrels.get(q, {})))
+    missing = [d for d in judged if not indexed(d)]
+    if not missing:
+        return None
+    if len(missing) == len(judged):
+        raise InvalidQueryError(
+            f"none of the {len(judged)} item ids judged in {where} is in the index {index} (e.g. "
+            f"{', '.join(missing[:3])}): are the judgments for another catalog?"
+        )
+    shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return (
+        f"warning: {len(missing)} of the {len(judged)} item ids judged in {where} are not in the "
+        f"index (they count as never retrieved): {shown}"
+    )
 
 
 _NOTES = {
@@ -124,6 +150,16 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(config, index_dir=index_dir)
         pipeline = SearchPipeline.open(settings.index_dir, settings)
         try:
+            table = pipeline.index.table
+            warning = _check_judged_ids(
+                query_set.qrels,
+                query_set.qids,
+                lambda d: table.get(d) is not None,
+                str(qrels),
+                str(settings.index_dir),
+            )
+            if warning:
+                typer.echo(warning, err=True)
             result = evaluate(pipeline, query_set, cfg, external=external)
         finally:
             pipeline.close()

@@ -527,3 +527,40 @@ def test_query_the_engine_refuses_is_reported(small_index: dict[str, Path], tmp_
     assert metrics["skipped"]["engine_error"][0].startswith("q2: query text is 1199 characters")
     assert metrics["per_query"]["bm25"]["q2"]["ndcg@10"] == 0.0  # scored as an empty ranking
     assert metrics["per_query"]["bm25"]["q1"]["ndcg@10"] > 0.5
+
+
+@pytest.mark.slow
+def test_judged_ids_missing_from_the_index_are_an_error_or_a_warning(
+    small_index: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Judgments about another catalog (or ids spelt another way) used to print all-zero metrics
+    without a word."""
+    import sys
+
+    from api import cli
+
+    other = tmp_path / "other_qrels.txt"
+    other.write_text("q1 0 X-1 3\nq1 0 X-2 1\nq2 0 X-3 2\nq2 0 X-1 1\n")
+    common = ["--index", str(small_index["index"]), "--queries", str(small_index["queries"])]
+    common += ["--runs", "bm25", "--resamples", "20", "--quiet"]
+    out = tmp_path / "o"
+    monkeypatch.setattr(sys, "argv", ["shopsearch", "eval", *common, "--qrels", str(other), "-o", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert f"none of the 3 item ids judged in {other} is in the index {small_index['index']}" in errors[0]
+    assert not out.exists()  # stopped before any run was scored or written
+
+    partly = tmp_path / "partly.txt"  # two judged ids the index lacks among ten
+    partly.write_text(small_index["qrels"].read_text() + "q1 0 gone-1 2\nq2 0 gone-2 1\n")
+    app, runner = _cli()
+    result = runner.invoke(app, ["eval", *common, "--qrels", str(partly), "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.output
+    assert f"2 of the 10 item ids judged in {partly} are not in the index" in warnings[0]
+    assert warnings[0].endswith(": gone-1, gone-2")
+    assert json.loads((out / "metrics.json").read_text())["runs"]["bm25"]["ndcg@10"] > 0.5

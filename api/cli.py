@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shopsearch.errors import ConfigError, ShopSearchError
+from shopsearch.errors import ConfigError, IndexNotFoundError, ShopSearchError
 from shopsearch.settings import Settings, load_settings
 from shopsearch.text import is_utf8
 
@@ -68,8 +68,21 @@ def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
         if "=" not in v:
             raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {v!r}")
         key, value = v.split("=", 1)
+        if not key.strip():  # '=Black' used to filter on an attribute named ''
+            raise typer.BadParameter(f"{what} must look like NAME=VALUE with a non-empty NAME, got {v!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def _check_category(category: str | None) -> None:
+    """Refuse a --category with no non-empty part between its '>' separators ('>>>', '', ' '):
+    it used to filter nothing, so that every category matched."""
+    from indexer.product import normalize_category
+
+    if category is not None and not normalize_category(category):
+        raise typer.BadParameter(
+            f"--category {category!r} names no category: give a path such as 'Men > Tops'"
+        )
 
 
 @app.command()
@@ -153,6 +166,7 @@ def search(
     from indexer.filters import Filters
     from reranker.pipeline import SearchPipeline, SearchRequest
 
+    _check_category(category)
     settings = _settings(config, index_dir=index_dir)
     filters = Filters.from_dict(
         {
@@ -220,12 +234,17 @@ def response_to_dict(resp: Any) -> dict[str, Any]:
 
 @app.command()
 def info(index_dir: IndexOpt = Path("index"), config: ConfigOpt = None) -> None:
-    """Show the manifest and live counts of an index."""
-    from indexer.store import LiveIndex
+    """Show what the HTTP /info shows: the manifest and live counts of an index, the re-ranker
+    that would serve it (and why a checkpoint on disk would not) and the CF status."""
+    from reranker.pipeline import SearchPipeline
 
     settings = _settings(config, index_dir=index_dir)
-    live = LiveIndex(settings.index_dir, settings)
-    typer.echo(json.dumps(live.info(), indent=2, default=str))
+    # the text and image encoders load on first use, which info never makes
+    pipeline = SearchPipeline.open(settings.index_dir, settings)
+    try:
+        typer.echo(json.dumps(pipeline.info(), indent=2, default=str))
+    finally:
+        pipeline.close()
 
 
 @app.command()
@@ -332,6 +351,7 @@ def _import_events(
     from indexer.interactions import EventStore
     from indexer.store import LiveIndex, current_generation
 
+    _check_events_home(settings.index_dir)
     known = None
     if check_items and current_generation(settings.index_dir) is not None:
         table = LiveIndex(settings.index_dir, settings).table
@@ -347,6 +367,19 @@ def _import_events(
         total = store.count()
     typer.echo(report.summary())
     typer.echo(f"event store {settings.index_dir / 'events'} now holds {total} events")
+
+
+def _check_events_home(index_dir: Path) -> None:
+    """Events belong to an index: refuse a folder that holds neither an index nor an event store,
+    as the commands that read an index do, instead of creating it (a mistyped --index did)."""
+    from indexer.interactions import EVENTS_DIR
+    from indexer.store import current_generation
+
+    if (index_dir / EVENTS_DIR).is_dir() or current_generation(index_dir) is not None:
+        return
+    if not index_dir.is_dir():
+        raise IndexNotFoundError(f"no index at {index_dir}: run 'shopsearch index CATALOG --index DIR'")
+    raise IndexNotFoundError(f"{index_dir} holds no complete index (no CURRENT file)")
 
 
 @events_app.command("import")
@@ -375,7 +408,6 @@ def events_import(
 def events_stats(index_dir: IndexOpt = Path("index"), config: ConfigOpt = None) -> None:
     """Counts of the stored events by type, and their time range."""
     from indexer.interactions import EventStore
-    from shopsearch.errors import IndexNotFoundError
 
     settings = _settings(config, index_dir=index_dir)
     if not (settings.index_dir / "events").is_dir():

@@ -84,6 +84,93 @@ def test_search_by_photo_and_explain(index_dir):
     assert "image=" in proc.stdout
 
 
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> Path:
+    """conftest's small catalog (eight items), indexed by the CLI."""
+    from conftest import write_small_catalog
+
+    folder = tmp_path_factory.mktemp("small")
+    out = folder / "index"
+    run("index", str(write_small_catalog(folder / "catalog")), "--index", str(out), "--quiet")
+    return out
+
+
+def test_info_shows_the_reranker_and_cf_status_as_http_info_does(small_index, tmp_path, monkeypatch, capsys):
+    """It used to print the manifest and counts only: a checkpoint that does not serve, or a CF
+    generation that does not load, showed on /info alone."""
+    from api import cli
+    from indexer.store import Encoders
+
+    def no_encoder(self: Encoders) -> None:
+        raise AssertionError("shopsearch info loaded an encoder")
+
+    monkeypatch.setattr(Encoders, "text", property(no_encoder))  # info needs neither model
+    monkeypatch.setattr(Encoders, "image", property(no_encoder))
+
+    def info(index: Path) -> dict:
+        monkeypatch.setattr(sys, "argv", ["shopsearch", "info", "--index", str(index)])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        out, err = capsys.readouterr()
+        assert exited.value.code == 0, err
+        return json.loads(out)
+
+    clean = info(small_index)
+    assert clean["manifest"]["counts"]["items"] == 8
+    assert clean["reranker"] == "none" and clean["reranker_error"] is None
+    assert clean["cf"] == {"trained": False}
+
+    index = tmp_path / "index"
+    shutil.copytree(small_index, index)
+    checkpoint = index / "models" / "reranker"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{broken", encoding="utf-8")
+    (index / "cf").mkdir()
+    (index / "cf" / "CURRENT").write_text("cf-gone\n", encoding="utf-8")  # a generation not there
+    broken = info(index)
+    assert broken["manifest"]["counts"]["items"] == 8
+    assert broken["reranker"] == "none" and "unreadable" in broken["reranker_error"]
+    assert broken["cf"]["trained"] is False and "cf-gone" in broken["cf"]["last_error"]
+
+
+def test_empty_filter_names_are_usage_errors(small_index):
+    """'--attr =Black' filtered on an attribute named '' and '--category >>>' on no category at
+    all (every item matched): both are refused by option and value, like '--attr Black'."""
+    for args, needle in (
+        (["--attr", "=Black"], "--attr must look like name=value with a non-empty name, got '=black'"),
+        (["--attr", " = Black"], "got ' = black'"),
+        (["--category", ">>>"], "--category '>>>' names no category"),
+        (["--category", " > "], "--category ' > ' names no category"),
+    ):
+        proc = run("search", "hoodie", "--index", str(small_index), *args, check=False)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr and "Usage:" in proc.stderr, proc.stderr  # as '--attr Black'
+        assert needle in proc.stderr.lower(), proc.stderr
+    proc = run("search", "hoodie", "--index", str(small_index), "--category", "Apparel>", "--json")
+    assert json.loads(proc.stdout)["results"]  # a path with a non-empty part still filters
+
+
+def test_events_import_refuses_a_folder_that_is_not_an_index(small_index, tmp_path):
+    """A mistyped --index used to be created and the events stored in it."""
+    events = tmp_path / "ev.jsonl"
+    row = {"user_id": "u1", "item_id": "h-black", "event": "click", "timestamp": 1714557700}
+    events.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    typo = tmp_path / "indx"
+    proc = run("events", "import", str(events), "--index", str(typo), "-q", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"no index at {typo}" in proc.stderr
+    assert not typo.exists()
+    plain = tmp_path / "plain"  # a folder, but not an index
+    plain.mkdir()
+    proc = run("train-cf", "--events", str(events), "--index", str(plain), "-q", check=False)
+    assert proc.returncode == 2 and f"{plain} holds no complete index" in proc.stderr, proc.stderr
+    assert not list(plain.iterdir())
+    index = tmp_path / "index"
+    shutil.copytree(small_index, index)
+    proc = run("events", "import", str(events), "--index", str(index), "-q")
+    assert "now holds 1 events" in proc.stdout
+
+
 def test_info_shows_manifest(index_dir):
     info = json.loads(run("info", "--index", str(index_dir)).stdout)
     assert info["manifest"]["counts"]["items"] == 106

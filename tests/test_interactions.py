@@ -293,6 +293,7 @@ def test_cli_events_import_reports_bad_rows_and_stats(tmp_path):
     path = write_jsonl(tmp_path / "ev.jsonl", GOOD + [BAD[2][0]], extra_lines=("{oops",))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     index = tmp_path / "index"
+    EventStore(index, load_settings()).close()  # 'events import' refuses a folder without index or store
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

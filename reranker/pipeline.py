@@ -20,7 +20,7 @@ from indexer.store import LiveIndex
 from reranker.base import Reranker
 from reranker.serving import open_reranker
 from retriever.search import Candidate, Retriever
-from shopsearch.errors import IndexCorruptError, InvalidQueryError
+from shopsearch.errors import InvalidQueryError
 from shopsearch.settings import Settings, load_settings
 
 
@@ -146,16 +146,12 @@ class SearchPipeline:
         return self.index.delete(ids)
 
     def info(self) -> dict[str, Any]:
-        try:
-            cf = self.retriever.cf.info()  # --- collaborative filtering
-        except IndexCorruptError as exc:  # the published CF generation is unreadable and none serves
-            cf = {"trained": False, "last_error": str(exc)}
         return {
             **self.index.info(),
             "reranker": self.reranker.name,
             # why the checkpoint on disk is not the one serving (a broken or half-copied model)
             "reranker_error": getattr(self.reranker, "last_error", None),
-            "cf": cf,
+            "cf": self.retriever.cf.info(),  # --- collaborative filtering
         }
 
     def reload_reranker(self) -> str:

@@ -160,19 +160,22 @@ class CFSource:
         if kept and self._loaded is not None:
             self._follow(self._loaded)
             return self._loaded
+        if stamp == self._refused and not retry:  # refused before and nothing older serves
+            return None
         folder = self.index_dir / CF_DIR / stamp[1]
         try:
             model = CFModel.load(folder)
         except IndexCorruptError as exc:
+            # keep serving the previous model, or search without CF when there is none (a
+            # search must not fail for want of its click source); say why once
             self.last_error = str(exc)
-            if self._loaded is not None:  # keep serving the previous model, say why once
-                if stamp != self._refused:
-                    serving = self._loaded.generation
-                    log.error("CF generation %s not loaded, serving %s: %s", stamp[1], serving, exc)
-                self._refused = stamp
+            if stamp != self._refused:
+                serving = self._loaded.generation if self._loaded is not None else "no CF model"
+                log.error("CF generation %s not loaded, serving %s: %s", stamp[1], serving, exc)
+            self._refused = stamp
+            if self._loaded is not None:
                 self._follow(self._loaded)
-                return self._loaded
-            raise
+            return self._loaded
         self.last_error, self._refused = None, None
         loaded = _Loaded(stamp[1], model, live=LiveClicks(model) if self.settings.cf_live else None)
         self._follow(loaded)  # catch up before serving: no click since training is left out
@@ -205,7 +208,7 @@ class CFSource:
     def info(self) -> dict[str, Any]:
         loaded = self._refresh()
         if loaded is None:
-            return {"trained": False}
+            return {"trained": False, "last_error": self.last_error}
         m = loaded.model.manifest
         return {
             "trained": True,

@@ -660,6 +660,30 @@ def test_events_train_reload_search_and_similar_end_to_end(api_index):
         assert client.get("/info").json()["cf"]["live"]["events"] == 3
 
 
+def test_a_broken_only_generation_leaves_search_without_cf_not_failing(tmp_path, monkeypatch):
+    """With no older model to fall back on, an unreadable generation used to raise out of every
+    search (a 503 for all queries, /info included). Now the searches go on without the CF source,
+    the reason is kept for /info, and the generation is not loaded again every second."""
+    settings = load_settings()
+    model = fit_model(_shift_log(), settings, threads=1)
+    name, folder = publish(model, tmp_path)
+    data = (folder / "pmi.npz").read_bytes()
+    (folder / "pmi.npz").write_bytes(data[:100])
+    loads = []
+    real_load = CFModel.load
+    monkeypatch.setattr(CFModel, "load", staticmethod(lambda f: loads.append(f) or real_load(f)))
+    source = CFSource(tmp_path, settings, reload_interval=0.0)
+    table = ItemTable()
+    table.append(Product(id="asylum", title="asylum"))
+    for _ in range(3):
+        assert source.candidates("asylum", 5, table, table.mask()) is None
+    assert len(loads) == 1 and "unreadable" in source.last_error
+    assert source.info() == {"trained": False, "last_error": source.last_error}
+    assert source.similar("asylum", 5, table, table.mask()) == []
+    (folder / "pmi.npz").write_bytes(data)  # repaired: an explicit reload serves it
+    assert source.reload() == name and source.last_error is None and len(loads) == 2
+
+
 def test_a_broken_newer_generation_is_refused_once_and_reported(tmp_path, monkeypatch):
     """A cut-short .npz (np.load sees a bad zip) used to escape as BadZipFile: a 500 from
     /admin/reload. Now the previous model keeps serving, the reason is kept for /info and the

@@ -118,7 +118,7 @@ def test_info_shows_the_reranker_and_cf_status_as_http_info_does(small_index, tm
     clean = info(small_index)
     assert clean["manifest"]["counts"]["items"] == 8
     assert clean["reranker"] == "none" and clean["reranker_error"] is None
-    assert clean["cf"] == {"trained": False}
+    assert clean["cf"] == {"trained": False, "last_error": None}
 
     index = tmp_path / "index"
     shutil.copytree(small_index, index)

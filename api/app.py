@@ -15,6 +15,7 @@ import math
 import mimetypes
 import re
 import secrets
+import threading
 import time
 import unicodedata
 from collections.abc import AsyncIterator
@@ -539,6 +540,41 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# ====================================================================== health
+class _LexicalHealth:
+    """Whether a remote BM25 engine (OpenSearch) can answer, for /health: one cheap probe (an empty
+    search, ``timeout_s`` per node, no retry, no backoff) at most every ``ttl_s`` seconds, whatever
+    the polling rate; concurrent polls wait for the probe in flight instead of sending their own.
+    Embedded engines (tantivy) have no probe and are not checked."""
+
+    def __init__(self, ttl_s: float = 5.0, timeout_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._cached: tuple[object, float, str | None] | None = None  # (engine, checked at, problem)
+
+    def problem(self, lexical: object) -> str | None:
+        """Why the engine cannot serve searches now (None: it can, or it is embedded)."""
+        probe = getattr(lexical, "health_check", None)
+        if probe is None:
+            return None
+        with self._lock:
+            cached = self._cached
+            # a reload swaps the engine (another generation, another index): probe that one
+            if cached is not None and cached[0] is lexical and time.monotonic() - cached[1] < self.ttl_s:
+                return cached[2]
+            try:
+                problem = probe(self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a probe that breaks is an unhealthy engine
+                problem = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            self._cached = (lexical, time.monotonic(), problem)
+            return problem
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cached = None
+
+
 # ====================================================================== helpers
 def _item_base(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/") + "/items/"
@@ -933,10 +969,32 @@ def create_app(
             raise _validation_error(field, exc.message) from None
 
     # ------------------------------------------------------------------ operations
+    lexical_health = _LexicalHealth()
+    app.state.lexical_health = lexical_health
+
     @app.get("/health", tags=["operations"])
-    def health() -> dict[str, Any]:
+    def health(response: Response) -> dict[str, Any]:
+        """200 "ok" when searches work. With a remote BM25 engine (OpenSearch) that cannot answer:
+        503 "unavailable" when text searches need it, 200 "degraded" when they do not (its source
+        weight is 0); ``lexical`` names the backend and the reason. Checked at most every few
+        seconds, with a short timeout; HEAD gives the same status without a body."""
         index = pipeline.index
-        return {"status": "ok", "generation": index.generation, "items": len(index.table)}
+        body: dict[str, Any] = {"status": "ok", "generation": index.generation, "items": len(index.table)}
+        lexical = index.lexical
+        if not hasattr(lexical, "health_check"):
+            return body  # embedded (tantivy): nothing remote to check
+        backend = str((index.manifest.get("lexical") or {}).get("backend", type(lexical).__name__))
+        problem = lexical_health.problem(lexical)
+        if problem is None:
+            body["lexical"] = {"backend": backend, "status": "ok"}
+            return body
+        body["lexical"] = {"backend": backend, "status": "unavailable", "reason": problem}
+        if pipeline.retriever.settings.source_weights.get("bm25", 1.0) > 0:
+            body["status"] = "unavailable"  # every text search queries BM25 and would fail with 503
+            response.status_code = 503
+        else:
+            body["status"] = "degraded"  # searches do without BM25; writes keep its half pending
+        return body
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers
 

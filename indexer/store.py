@@ -64,6 +64,7 @@ from indexer.vector import (
 from indexer.vector.base import VectorIndex
 from shopsearch.errors import (
     CatalogError,
+    ClusterUnavailableError,
     ConfigError,
     IndexCorruptError,
     IndexNotFoundError,
@@ -627,19 +628,36 @@ class LiveIndex:
 
     # ----------------------------------------------------------------- WAL
     def _replay_wal(self) -> None:
+        """Re-apply the WAL. A remote BM25 engine that is throttled or unreachable does not stop the
+        load: the writes stand (the WAL has them), the engine keeps the unconfirmed operations
+        pending and sends them with the next write, as after a live write whose BM25 half failed."""
         if not self._wal_path.exists():
             return
         changed = False
+        failed: ClusterUnavailableError | None = None
         with open(self._wal_path, encoding="utf-8") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     break  # a torn last line from a crash: it was never acknowledged
-                self._apply(rec, commit=False)
+                try:
+                    self._apply(rec, commit=False)  # a big replay sends the engine's buffer early
+                except ClusterUnavailableError as exc:
+                    failed = exc  # applied in memory; the engine keeps what it could not send
                 changed = True
-        if changed:
-            self.lexical.commit()
+        if changed and failed is None:
+            try:
+                self.lexical.commit()
+            except ClusterUnavailableError as exc:
+                failed = exc
+        if failed is not None:
+            log.warning(
+                "keyword index not updated by the WAL replay of %s, its writes stay pending until "
+                "the next write: %s",
+                self.generation,
+                failed.message,
+            )
 
     def _append_wal(self, records: list[dict[str, Any]]) -> None:
         with open(self._wal_path, "a", encoding="utf-8") as f:

@@ -12,7 +12,9 @@ names the file, row, field or item involved, so the CLI and the API can show it 
     ├── IndexNotFoundError     no index at the given directory                 (404)
     ├── IndexCorruptError      index files are unreadable / incompatible       (500)
     ├── ItemNotFoundError      unknown item id                                 (404)
-    └── InvalidQueryError      query/filter values that cannot be served       (422)
+    ├── InvalidQueryError      query/filter values that cannot be served       (422)
+    └── ClusterUnavailableError  a remote engine (OpenSearch) cannot be reached,
+                               times out or keeps answering 429/5xx            (503)
 """
 
 from __future__ import annotations
@@ -59,3 +61,9 @@ class ItemNotFoundError(ShopSearchError):
 
 class InvalidQueryError(ShopSearchError):
     http_status = 422
+
+
+class ClusterUnavailableError(ShopSearchError):
+    """The cluster cannot be reached, times out, or keeps answering 429/5xx after the retries."""
+
+    http_status = 503

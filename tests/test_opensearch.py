@@ -467,20 +467,49 @@ def test_a_build_against_an_unreachable_cluster_fails_before_encoding(
         build_index([catalog], tmp_path / "idx", settings, progress=False)
 
 
-def test_a_dead_node_is_skipped(cluster: Cluster, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    cfg = config_for(dead, prefix, urls=(dead, cluster.url), backoff_s=0.01)
+@pytest.fixture
+def listed_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's pool keeps the nodes in the order listed (it shuffles them by default), so
+    the dead nodes listed first really are tried first: no luck involved."""
+    from opensearchpy import connection_pool
+
+    monkeypatch.setattr(connection_pool.random, "shuffle", lambda seq: None)
+
+
+def test_dead_nodes_listed_first_are_skipped_by_every_request(
+    cluster: Cluster, prefix: str, listed_order: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three dead nodes listed before the live one. The connection check used to retry once
+    (``min(1, max_retries)``) and failed whenever the live node came third or later; now an
+    unreachable node is skipped at once for the next one, in the check and in every request."""
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]
+    for max_retries in (0, 1):
+        cfg = config_for(dead[0], prefix, urls=(*dead, cluster.url), max_retries=max_retries, backoff_s=0.01)
+        conn = Connection(cfg)
+        try:
+            assert conn.check_cluster()["version"]["number"]
+        finally:
+            conn.close()
+    cfg = config_for(dead[0], prefix, urls=(*dead, cluster.url), max_retries=1, backoff_s=0.01)
     with caplog.at_level("WARNING", logger="indexer.lexical.opensearch_index"):
         with OpenSearchIndex(cfg, f"{prefix}-n", owner="tests", create=True) as index:
+            pool = index._conn.client.transport.connection_pool
             for i in range(4):
+                # the dead nodes come back to the pool (as they do after its dead_timeout) before
+                # every request, so each request meets them again
+                for _ in range(3):
+                    pool.resurrect(force=True)
                 index.upsert([Product(id=f"n{i}", title=f"Node Test {i}")])
                 index.commit()
+                for _ in range(3):
+                    pool.resurrect(force=True)
                 assert index.count() == i + 1
+                for _ in range(3):
+                    pool.resurrect(force=True)
                 assert len(index.search("node test", 10)) == i + 1
-    retried = [
-        r for r in caplog.records if "cannot reach OpenSearch" in r.getMessage() and dead in r.getMessage()
-    ]
-    assert retried, "the dead node was never tried: the test proves nothing"
+    skipped = [r.getMessage() for r in caplog.records if "trying the next node" in r.getMessage()]
+    assert {url for url in dead if any(url in m for m in skipped)} == set(dead), skipped
+    assert all("\n" not in m for m in skipped)
 
 
 def test_bad_connection_settings(prefix: str, tmp_path: Path) -> None:
@@ -540,6 +569,52 @@ def test_429_storm_retries_with_backoff_then_fails_clearly(
         assert check.client.count(index=f"{config.index_prefix}-s")["count"] == len(CATALOG)
     finally:
         check.close()
+
+
+def test_retries_log_one_short_line_each_and_the_final_error_is_one_line(
+    cluster: Cluster, config: OpenSearchConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each retry used to log the whole error message (URL, request, the cluster's full reason),
+    and a proxy's HTML error page made the final error several lines long. Now a retry logs one
+    short line and the final error is one line naming the cluster URL(s)."""
+    storm = answer(429, "es_rejected_execution_exception", "rejected execution of bulk (queue capacity 200)")
+    html = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>nginx</h1>\n</body></html>\n"
+
+    def plan(method: str, path: str, n: int):
+        if "_bulk" in path:
+            return storm
+        if "_search" in path:
+            return (502, html)
+        return "pass"
+
+    logger = "indexer.lexical.opensearch_index"
+    with FaultProxy(cluster.url, plan) as proxy:
+        cfg = config_for(proxy.url, config.index_prefix, max_retries=3, backoff_s=0.01)
+        with OpenSearchIndex(cfg, f"{config.index_prefix}-l", owner="tests", create=True) as index:
+            index.upsert(CATALOG[:2])
+            caplog.clear()
+            with caplog.at_level("WARNING", logger=logger), pytest.raises(ClusterUnavailableError) as err:
+                index.commit()
+            lines = [r.getMessage() for r in caplog.records if r.name == logger]
+            assert len(lines) == 3 and all("retry" in line for line in lines), lines
+            for line in lines:
+                assert "\n" not in line and len(line) < 160, line
+                assert "queue capacity" not in line and "HTTP 429" in line  # the cause, not the whole story
+            message = err.value.message
+            assert "\n" not in message and proxy.url in message
+            assert "HTTP 429" in message and "gave up after 4 attempts" in message
+            assert "0 of 2 operations" in message
+            with pytest.raises(ClusterUnavailableError) as err:
+                index.search("hoodie", 5)
+            message = err.value.message
+            assert "\n" not in message and len(message) < 600 and proxy.url in message
+            assert "HTTP 502" in message and "gave up after 2 attempts" in message
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with pytest.raises(ClusterUnavailableError) as err:
+        OpenSearchIndex(config_for(dead[0], config.index_prefix, urls=tuple(dead)), "x", create=True)
+    message = err.value.message
+    assert "\n" not in message and all(url in message for url in dead), message
+    assert message.startswith("cannot reach OpenSearch at ")
 
 
 @pytest.mark.parametrize("cut", ["cut_before", "cut_after"])
@@ -930,3 +1005,141 @@ def test_a_stored_write_whose_keyword_update_fails_is_a_warning_not_an_error(
             assert sorted(h.id for h in live.lexical.search("zorbulating", 5)) == ["k1", "k2"]
         finally:
             live.close()
+
+
+def build_small_index(tmp_path: Path, url: str, prefix: str, **overrides: object):
+    """Two items indexed through ``url`` (BM25 in OpenSearch); returns their settings."""
+    from indexer.store import build_index
+
+    settings = load_settings(
+        None,
+        index_dir=tmp_path / "index",
+        lexical_backend="opensearch",
+        opensearch_urls=[url],
+        opensearch_index_prefix=prefix,
+        opensearch_replicas=0,
+        opensearch_max_retries=1,
+        opensearch_backoff_s=0.01,
+        **{f"opensearch_{k}": v for k, v in auth_from_env().items()},
+        **overrides,
+    )
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"id": "a", "title": "Blue running shoe"}\n{"id": "b", "title": "Red wool hat"}\n')
+    build_index([catalog], settings.index_dir, settings, progress=False)
+    return settings
+
+
+def test_a_throttled_wal_replay_does_not_stop_the_server(
+    tmp_path: Path, cluster: Cluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opening the index replays the WAL into OpenSearch. A cluster that throttles (HTTP 429) used
+    to make the open fail, so 'serve' did not start. Now it starts with a warning, the replayed
+    writes stay pending in the engine and go out with the next write."""
+    from indexer.store import LiveIndex
+
+    storm = answer(429, "es_rejected_execution_exception", "rejected execution of bulk (queue capacity 200)")
+    with FaultProxy(cluster.url, lambda method, path, n: "pass") as proxy:
+        settings = build_small_index(tmp_path, proxy.url, prefix)
+        live = LiveIndex(settings.index_dir, settings)
+        try:
+            assert not live.upsert([Product(id="k1", title="Zorbulating Kettle")]).issues  # in the WAL
+        finally:
+            live.close()
+        # the cluster loses the write (as after a restore from a snapshot): only the WAL has it
+        conn = raw(OpenSearchConfig.from_settings(settings))
+        try:
+            name = live.lexical.name
+            conn.client.delete(index=name, id="k1", params={"refresh": "true"})
+        finally:
+            conn.close()
+        proxy.plan = lambda method, path, n: storm if "_bulk" in path else "pass"
+        with caplog.at_level("WARNING", logger="indexer.store"):
+            live = LiveIndex(settings.index_dir, settings)  # used to raise ClusterUnavailableError
+        try:
+            assert proxy.count(action="answer 429", path_part="_bulk") >= 1  # the replay was throttled
+            [warning] = [r.getMessage() for r in caplog.records if r.name == "indexer.store"]
+            assert "WAL replay" in warning and "pending" in warning and "429" in warning
+            assert live.get("k1").title == "Zorbulating Kettle"
+            assert live.lexical.pending == 1
+            assert [h.id for h in live.lexical.search("zorbulating", 5)] == []
+            proxy.plan = lambda method, path, n: "pass"
+            assert not live.upsert([Product(id="k2", title="Zorbulating Teapot")]).issues
+            assert live.lexical.pending == 0
+            assert sorted(h.id for h in live.lexical.search("zorbulating", 5)) == ["k1", "k2"]
+        finally:
+            live.close()
+
+
+def test_health_tells_whether_searches_would_fail(tmp_path: Path, cluster: Cluster, prefix: str) -> None:
+    """/health used to answer 200 "ok" while the OpenSearch cluster was down and every text search
+    failed with 503. Now it probes BM25 (short timeout, no retry, cached a few seconds): 503 with
+    the backend and the reason when searches need it, 200 "degraded" when they do not."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from indexer.store import LiveIndex
+    from reranker.base import PassThroughReranker
+    from reranker.pipeline import SearchPipeline
+    from retriever.search import Retriever
+
+    slow = {"s": 0.0}
+
+    def plan(method: str, path: str, n: int):
+        time.sleep(slow["s"] if "_search" in path else 0.0)
+        return "pass"
+
+    with FaultProxy(cluster.url, plan) as proxy:
+        settings = build_small_index(tmp_path, proxy.url, prefix, opensearch_timeout_s=10.0)
+        live = LiveIndex(settings.index_dir, settings)
+        pipe = SearchPipeline(live, Retriever(live, settings), PassThroughReranker())
+        no_bm25 = settings.model_copy(update={"source_weights": {**settings.source_weights, "bm25": 0.0}})
+        vector_only = SearchPipeline(live, Retriever(live, no_bm25), PassThroughReranker())
+        try:
+            app = create_app(pipe)
+            client = TestClient(app)
+            h = client.get("/health")
+            assert h.status_code == 200, h.text
+            assert h.json()["status"] == "ok"
+            assert h.json()["lexical"] == {"backend": "opensearch", "status": "ok"}
+            assert client.post("/search", json={"query": "running shoe"}).status_code == 200
+
+            proxy.plan = lambda method, path, n: "cut_before"  # the cluster is gone
+            app.state.lexical_health.clear()
+            t0 = time.perf_counter()
+            h = client.get("/health")
+            assert time.perf_counter() - t0 < 3
+            assert h.status_code == 503, h.text
+            body = h.json()
+            assert body["status"] == "unavailable" and body["lexical"]["backend"] == "opensearch"
+            assert body["lexical"]["status"] == "unavailable"
+            assert "cannot reach OpenSearch" in body["lexical"]["reason"]
+            assert "retry" not in body["lexical"]["reason"]
+            assert client.post("/search", json={"query": "running shoe"}).status_code == 503  # the truth
+            sent = len(proxy.seen)
+            for _ in range(5):  # load balancers poll often: answered from the cache
+                assert client.get("/health").status_code == 503
+                head = client.head("/health")
+                assert head.status_code == 503 and head.content == b""
+            assert len(proxy.seen) == sent
+
+            # searches that do not use BM25 go on: degraded, not down
+            degraded = TestClient(create_app(vector_only)).get("/health")
+            assert degraded.status_code == 200, degraded.text
+            assert degraded.json()["status"] == "degraded"
+            assert "cannot reach OpenSearch" in degraded.json()["lexical"]["reason"]
+
+            # a cluster that hangs: the probe gives up after its own short timeout, not the 10 s
+            proxy.plan = plan
+            slow["s"] = 4.0
+            app.state.lexical_health.clear()
+            t0 = time.perf_counter()
+            h = client.get("/health")
+            assert time.perf_counter() - t0 < 3.5
+            assert h.status_code == 503 and "within 2 s" in h.json()["lexical"]["reason"]
+            slow["s"] = 0.0
+
+            app.state.lexical_health.clear()  # (else within a few seconds)
+            h = client.get("/health")
+            assert h.status_code == 200 and h.json()["status"] == "ok", h.text
+        finally:
+            pipe.close()

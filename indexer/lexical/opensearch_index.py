@@ -19,6 +19,10 @@ for good (mapping errors...) are *rejected*: kept for :meth:`OpenSearchIndex.tak
 store reports them, never counted as written. When the retries run out, ``commit`` raises
 :class:`ClusterUnavailableError` saying how many operations were confirmed; the rest stay pending.
 
+Nodes: a request whose node refuses the connection is resent at once to the next listed node (the
+client's pool has marked that one dead), so every request tries each listed node before it backs
+off. A retry logs one short line; the final error is one line naming the URLs.
+
 Generations: a build creates the physical index ``PREFIX-gen-NNNNNN`` (no replicas, refresh off:
 fast bulk loading) and :meth:`OpenSearchIndex.publish` turns refresh and replicas back on, then
 moves the alias ``PREFIX`` to it with one atomic ``_aliases`` call. Each engine object searches the
@@ -49,6 +53,7 @@ from indexer.lexical.tantivy_index import TEXT_FIELDS, _price, attribute_terms, 
 from indexer.product import Product, category_prefixes, normalize_category
 from shopsearch.errors import (
     CatalogError,
+    ClusterUnavailableError,
     ConfigError,
     IndexCorruptError,
     IndexNotFoundError,
@@ -82,12 +87,6 @@ _MAX_BACKOFF_S = 30.0
 # apostrophes or dots ("don't", "3.5"); every CJK ideograph or kana is a token of its own.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _RUN = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+(?:['’.](?:(?![{_CJK}])\w)+)*")
-
-
-class ClusterUnavailableError(ShopSearchError):
-    """The cluster cannot be reached, times out, or keeps answering 429/5xx after the retries."""
-
-    http_status = 503
 
 
 # ====================================================================== configuration
@@ -147,6 +146,7 @@ class Connection:
         if (config.user is None) != (config.password is None):
             raise ConfigError("opensearch_user and opensearch_password must be set together")
         self.config = config
+        self._unreachable: set[str] = set()  # nodes already reported as skipped
         kwargs: dict[str, Any] = {
             "hosts": list(config.urls),
             "timeout": config.timeout_s,
@@ -176,14 +176,17 @@ class Connection:
             pass
 
     # ----------------------------------------------------------------- errors
-    def classify(self, exc: BaseException, what: str) -> tuple[bool, ShopSearchError]:
+    def classify(
+        self, exc: BaseException, what: str, *, timeout_s: float | None = None
+    ) -> tuple[bool, ShopSearchError]:
         """(worth retrying, the error to raise if not or if retries run out). Whatever the cluster
         answers is the service's problem, never the API client's: the error carries HTTP 503 (a
         storefront retries or shows its fallback) whatever its class says for the CLI."""
-        retryable, error = self._classify(exc, what)
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
+        retryable, error = self._classify(exc, what, timeout)
         return retryable, _service_side(error)
 
-    def _classify(self, exc: BaseException, what: str) -> tuple[bool, ShopSearchError]:
+    def _classify(self, exc: BaseException, what: str, timeout_s: float) -> tuple[bool, ShopSearchError]:
         where = self.config.where()
         if isinstance(exc, os_exc.SSLError):
             return False, ConfigError(
@@ -192,7 +195,7 @@ class Connection:
                 "(or opensearch_verify_tls=false for a test cluster)"
             )
         if isinstance(exc, os_exc.ConnectionTimeout):
-            msg = f"OpenSearch at {where} did not answer {what} within {self.config.timeout_s:g} s"
+            msg = f"OpenSearch at {where} did not answer {what} within {timeout_s:g} s"
             return True, ClusterUnavailableError(msg)
         if isinstance(exc, os_exc.ConnectionError):
             return True, ClusterUnavailableError(
@@ -240,25 +243,82 @@ class Connection:
         full = min(_MAX_BACKOFF_S, self.config.backoff_s * 2 ** (attempt - 1))
         return full / 2 + random.uniform(0, full / 2)
 
-    def call(self, what: str, fn: Callable[..., Any], *, retries: int | None = None, **kwargs: Any) -> Any:
-        """Run one request; transient failures are retried (``retries`` times, default the setting)."""
+    def fails_over(self, exc: BaseException, failovers: int) -> bool:
+        """Whether to resend a request at once, without backoff, because the node it went to could
+        not be reached (refused, reset, unknown host; not a timeout, not TLS): the client's pool
+        has put that node on its dead list, so the resend goes to another listed node. At most
+        len(urls) - 1 times in a row, so one attempt tries every listed node once."""
+        if failovers >= len(self.config.urls) - 1:
+            return False
+        if not isinstance(exc, os_exc.ConnectionError) or isinstance(
+            exc, (os_exc.ConnectionTimeout, os_exc.SSLError)
+        ):
+            return False
+        node = self._node(exc)
+        # warned once per node: a node that stays down is skipped quietly afterwards
+        level = logging.DEBUG if node in self._unreachable else logging.WARNING
+        self._unreachable.add(node)
+        log.log(level, "OpenSearch node %s is unreachable (%s); trying the next node", node, _cause(exc))
+        return True
+
+    def _node(self, exc: BaseException) -> str:
+        """The configured URL (without credentials) of the node a connection error came from."""
+        m = re.search(r"host='([^']*)', port=(\d+)", str(exc))
+        if not m:
+            return "(one of several)"
+        host, port = m.groups()
+        for url in self.config.urls:
+            bare = re.sub(r"//[^/@]*@", "//", url).rstrip("/")
+            netloc = bare.split("//", 1)[-1].split("/", 1)[0]
+            if netloc in (f"{host}:{port}", f"[{host}]:{port}", host):
+                return bare
+        return f"{host}:{port}"
+
+    def retry_note(self, what: str, cause: str, attempt: int, retries: int, delay: float) -> None:
+        """The one warning line a retry logs; the full message comes once, with the final error."""
+        log.warning("OpenSearch: %s failed (%s); retry %d/%d in %.2f s", what, cause, attempt, retries, delay)
+
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *,
+        retries: int | None = None,
+        timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run one request; transient failures are retried (``retries`` times, default the setting)
+        with backoff, and an unreachable node is skipped at once for the next listed one.
+        ``timeout_s`` overrides the configured request timeout for this call."""
         retries = self.config.max_retries if retries is None else retries
-        attempt = 0
+        if timeout_s is not None:
+            kwargs["request_timeout"] = timeout_s
+        attempt = failovers = 0
         while True:
             try:
                 return fn(**kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                retryable, error = self.classify(exc, what)
-                if not retryable or attempt >= retries:
+                retryable, error = self.classify(exc, what, timeout_s=timeout_s)
+                if not retryable:
                     raise error from None
+                if self.fails_over(exc, failovers):
+                    failovers += 1
+                    continue
+                if attempt >= retries:
+                    raise _gave_up(error, attempt + 1) from None
                 attempt += 1
+                failovers = 0  # every retry tries each listed node again
                 delay = self.backoff(attempt)
-                log.warning("%s; retry %d/%d in %.2f s", error.message, attempt, retries, delay)
+                cause = _cause(exc, timeout_s or self.config.timeout_s)
+                self.retry_note(what, cause, attempt, retries, delay)
                 time.sleep(delay)
 
     def check_cluster(self) -> dict[str, Any]:
-        """Fail fast, with a clear message, when the cluster is unreachable or refuses us."""
-        info = self.call("the connection check", self.client.info, retries=min(1, self.config.max_retries))
+        """Fail fast, with a clear message, when the cluster is unreachable or refuses us. A node
+        that refuses connections is skipped at once; one that times out is not marked dead by the
+        client, so every listed node gets an attempt of its own."""
+        retries = max(min(1, self.config.max_retries), len(self.config.urls) - 1)
+        info = self.call("the connection check", self.client.info, retries=retries)
         version = str(info.get("version", {}).get("number", "?"))
         distribution = info.get("version", {}).get("distribution", "elasticsearch")
         if distribution != "opensearch":
@@ -304,7 +364,7 @@ class Connection:
         on_done: Callable[[str, bool, str | None], None],
     ) -> None:
         todo = list(chunk)
-        attempt = 0
+        attempt = failovers = 0
         while True:
             lines = []
             for doc_id, source in todo:
@@ -324,7 +384,10 @@ class Connection:
                 retryable, error = self.classify(exc, f"a bulk write of {len(todo)} operations to {index}")
                 if not retryable:
                     raise error from None
-                failure = error
+                if self.fails_over(exc, failovers):
+                    failovers += 1
+                    continue
+                failure, cause = error, _cause(exc, self.config.timeout_s)
             else:
                 items = resp.get("items") or []
                 if len(items) != len(todo):
@@ -333,7 +396,7 @@ class Connection:
                         f"with {len(items)} results"
                     )
                 retry: list[tuple[str, dict[str, Any] | None]] = []
-                last_reason = ""
+                last_reason = last_kind = ""
                 for op, item in zip(todo, items, strict=True):
                     ((action, result),) = item.items()
                     status = int(result.get("status", 0))
@@ -343,7 +406,7 @@ class Connection:
                     kind, reason = _error_detail({"error": result.get("error")}, "")
                     if status == 429 or status >= 500:
                         retry.append(op)
-                        last_reason = f"HTTP {status} {kind} {reason}"
+                        last_reason, last_kind = f"HTTP {status} {kind} {reason}", f"HTTP {status} {kind}"
                     elif status == 403 and "cluster_block" in kind:
                         raise _service_side(
                             ShopSearchError(
@@ -367,13 +430,13 @@ class Connection:
                     f"OpenSearch at {self.config.where()} kept refusing {len(todo)} bulk items for {index}: "
                     f"{last_reason}"
                 )
+                cause = f"{last_kind.strip()} for {len(todo)} items"
             if attempt >= self.config.max_retries:
-                raise ClusterUnavailableError(
-                    f"{failure.message} (gave up after {attempt + 1} attempts)"
-                ) from None
+                raise _gave_up(failure, attempt + 1, always=True) from None
             attempt += 1
+            failovers = 0
             delay = self.backoff(attempt)
-            log.warning("%s; retry %d/%d in %.2f s", failure.message, attempt, self.config.max_retries, delay)
+            self.retry_note(f"bulk write to {index}", cause, attempt, self.config.max_retries, delay)
             time.sleep(delay)
 
 
@@ -383,11 +446,33 @@ def _service_side(error: ShopSearchError) -> ShopSearchError:
     return error
 
 
+def _gave_up(error: ShopSearchError, attempts: int, *, always: bool = False) -> ShopSearchError:
+    """The final error of a retried request: its one-line message, plus how many attempts it took."""
+    if attempts > 1 or always:
+        error.message = f"{error.message} (gave up after {attempts} attempts)"
+        error.args = (error.message,)
+    return error
+
+
+def _cause(exc: BaseException, timeout_s: float | None = None) -> str:
+    """A few words on why a request failed, for the retry and failover log lines."""
+    if isinstance(exc, os_exc.ConnectionTimeout):
+        return f"no answer within {timeout_s:g} s" if timeout_s else "timed out"
+    if isinstance(exc, os_exc.ConnectionError):
+        detail = _short(exc).rsplit(": ", 1)[-1]
+        return f"connection failed: {detail[:80]}"
+    if isinstance(exc, os_exc.TransportError):
+        kind, _ = _error_detail(exc.info, exc.error)
+        return f"HTTP {exc.status_code} {kind[:60]}".strip()
+    return type(exc).__name__
+
+
 def _short(exc: BaseException) -> str:
     """The interesting part of a client exception, without urllib3's repr soup."""
     args = getattr(exc, "args", ())
     text = str(args[1]) if len(args) > 1 and args[1] else str(exc)
     text = re.sub(r"<urllib3\.[^>]*>", "", text)
+    text = re.sub(r"HTTPS?Connection\(host='([^']*)', port=(\d+)\)", r"\1:\2", text)
     return " ".join(text.split())[:300]
 
 
@@ -399,10 +484,15 @@ def _error_detail(info: Any, fallback: Any) -> tuple[str, str]:
         reason = str(err.get("reason") or "")
         if cause.get("reason"):
             reason = f"{reason} ({cause.get('type')}: {cause['reason']})"
-        return str(err.get("type") or fallback or ""), reason[:500]
+        return _one_line(err.get("type") or fallback or ""), _one_line(reason)[:500]
     if isinstance(err, str):
-        return str(fallback or ""), err[:500]
-    return str(fallback or ""), str(info or "")[:500]
+        return _one_line(fallback or ""), _one_line(err)[:500]
+    # not an OpenSearch body (a proxy's HTML error page, a stack trace...): the start of it, on one line
+    return _one_line(fallback or "")[:200], _one_line(info or "")[:500]
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
 
 
 # ====================================================================== documents and queries
@@ -516,6 +606,9 @@ class _State:
     pending: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     confirmed: int = 0
+    # the last send failed with the cluster unavailable: upsert() stops sending early (every call
+    # would wait out the retries again) and the operations wait for the next commit()
+    stalled: bool = False
 
 
 class OpenSearchIndex(LexicalIndex):
@@ -668,7 +761,8 @@ class OpenSearchIndex(LexicalIndex):
                 continue
             self._state.pending.pop(pid, None)  # re-insert: the latest operation goes last
             self._state.pending[pid] = doc
-        if len(self._state.pending) >= _AUTO_FLUSH_CHUNKS * self.config.bulk_chunk:
+        full = len(self._state.pending) >= _AUTO_FLUSH_CHUNKS * self.config.bulk_chunk
+        if full and not self._state.stalled:
             self._flush(refresh=None)
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -699,6 +793,20 @@ class OpenSearchIndex(LexicalIndex):
         one_shard = self.config.shards == 1
         single = len(ops) <= max(1, self.config.bulk_chunk) and not self._unrefreshed
         covered = refresh in ("wait_for", "true") and (one_shard or single)
+        try:
+            self._send(ops, refresh, done)
+        except ClusterUnavailableError:
+            state.stalled = True
+            raise
+        state.stalled = False
+        self._unrefreshed = not covered
+
+    def _send(
+        self,
+        ops: list[tuple[str, dict[str, Any] | None]],
+        refresh: str | None,
+        done: Callable[[str, bool, str | None], None],
+    ) -> None:
         if not self._building and not self._call(
             f"checking that {self.name} still exists", self._conn.client.indices.exists, index=self.name
         ):
@@ -712,7 +820,6 @@ class OpenSearchIndex(LexicalIndex):
             )
         self._unrefreshed = True  # until the bulk below returns with a covering refresh
         self._conn.bulk(self.name, ops, refresh=refresh, on_done=done)
-        self._unrefreshed = not covered
 
     def commit(self) -> None:
         """Send pending writes and make them searchable: an unpublished build is refreshed
@@ -726,6 +833,26 @@ class OpenSearchIndex(LexicalIndex):
     def refresh(self) -> None:
         self._call(f"refreshing {self.name}", self._conn.client.indices.refresh, index=self.name)
         self._unrefreshed = False
+
+    def health_check(self, timeout_s: float = 2.0) -> str | None:
+        """None when a search of this index works now, else why not (one line). Cheap enough for a
+        load balancer's probe: one empty search, ``timeout_s`` per node, no retry and no backoff
+        (a node that refuses connections is skipped for the next listed one)."""
+        if self._closed:
+            return f"OpenSearch index {self.name} is closed"
+        body = {"size": 0, "track_total_hits": False, "query": {"match_all": {}}}
+        try:
+            self._call(
+                f"a health check of {self.name}",
+                self._conn.client.search,
+                index=self.name,
+                body=body,
+                retries=0,
+                timeout_s=min(timeout_s, self.config.timeout_s),
+            )
+        except ShopSearchError as exc:
+            return exc.message
+        return None
 
     def take_rejected(self) -> list[tuple[str, str]]:
         """(id, reason) of documents the cluster refused for good since the last call."""

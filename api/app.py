@@ -47,6 +47,7 @@ from indexer.filters import Filters
 from indexer.media import check_media_file, is_remote, is_within_roots
 from indexer.product import Product
 from indexer.report import IngestReport
+from indexer.store import PendingSender
 from reranker.pipeline import MAX_OFFSET, MAX_PAGE, SearchPipeline, SearchRequest, SearchResponse
 from retriever.search import MAX_QUERY_CHARS
 from shopsearch.errors import ItemNotFoundError, MediaError, ShopSearchError
@@ -669,12 +670,17 @@ def create_app(
         pipeline = SearchPipeline.open(Path(index_dir or settings.index_dir), settings)
     settings = settings or pipeline.settings
     metrics = _Metrics(pipeline)
+    # BM25 operations a remote engine could not take go out once it answers again, not with the
+    # next write (which may never come)
+    pending_sender = PendingSender(pipeline.index)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # --- collaborative filtering: new clicks and generations are read off the query path
         pipeline.retriever.cf.follow()
+        pending_sender.start()
         yield
+        pending_sender.stop()
         pipeline.retriever.cf.close()
         if event_store:  # --- collaborative filtering
             event_store.pop().close()
@@ -695,6 +701,7 @@ def create_app(
     app.state.pipeline = pipeline
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.pending_sender = pending_sender
     _install_error_handlers(app)
 
     # outermost last: CORS -> security headers -> metrics -> catch-all -> body limit -> app
@@ -976,8 +983,10 @@ def create_app(
     def health(response: Response) -> dict[str, Any]:
         """200 "ok" when searches work. With a remote BM25 engine (OpenSearch) that cannot answer:
         503 "unavailable" when text searches need it, 200 "degraded" when they do not (its source
-        weight is 0); ``lexical`` names the backend and the reason. Checked at most every few
-        seconds, with a short timeout; HEAD gives the same status without a body."""
+        weight is 0); ``lexical`` names the backend, the reason, and how many written operations
+        it has not confirmed yet (``pending``: sent in the background once it answers again).
+        Checked at most every few seconds, with a short timeout; HEAD gives the same status
+        without a body."""
         index = pipeline.index
         body: dict[str, Any] = {"status": "ok", "generation": index.generation, "items": len(index.table)}
         lexical = index.lexical
@@ -986,9 +995,14 @@ def create_app(
         backend = str((index.manifest.get("lexical") or {}).get("backend", type(lexical).__name__))
         problem = lexical_health.problem(lexical)
         if problem is None:
-            body["lexical"] = {"backend": backend, "status": "ok"}
+            body["lexical"] = {"backend": backend, "status": "ok", "pending": lexical.pending}
             return body
-        body["lexical"] = {"backend": backend, "status": "unavailable", "reason": problem}
+        body["lexical"] = {
+            "backend": backend,
+            "status": "unavailable",
+            "reason": problem,
+            "pending": lexical.pending,
+        }
         if pipeline.retriever.settings.source_weights.get("bm25", 1.0) > 0:
             body["status"] = "unavailable"  # every text search queries BM25 and would fail with 503
             response.status_code = 503

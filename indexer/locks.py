@@ -24,6 +24,23 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """:func:`file_lock` without waiting: yields True holding the lock, or False (holding nothing)
+    when someone else holds it, for background work that can come back later."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 class ReadWriteLock:
     """Many readers at once, or one writer. A search reads the item table, vectors and BM25 index
     several times; an upsert or delete that changed them in between (a row killed, a row added)

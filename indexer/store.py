@@ -50,7 +50,7 @@ from indexer.encoders.text import tokenizer_words
 from indexer.encoding import Encoded, ItemEncoder
 from indexer.items import ItemTable
 from indexer.lexical import LexicalIndex, check_lexical_backend, drop_lexical_index, open_lexical_index
-from indexer.locks import ReadWriteLock, file_lock
+from indexer.locks import ReadWriteLock, file_lock, try_file_lock
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.spelling import Vocabulary, product_words
@@ -79,12 +79,13 @@ FORMAT_VERSION = 1
 MODALITIES = ("text", "image", "video")
 # Rows per add() when loading a k-NN index: bounds the JSON a build holds at once.
 _KNN_LOAD_BATCH = 10_000
+WRITE_LOCK = ".write.lock"
 
 
 # ====================================================================== files
 def write_lock(index_dir: Path) -> contextlib.AbstractContextManager[None]:
     """One writer process at a time per index (builds and upserts); readers never block."""
-    return file_lock(index_dir / ".write.lock")
+    return file_lock(index_dir / WRITE_LOCK)
 
 
 def current_generation(index_dir: Path) -> str | None:
@@ -630,7 +631,8 @@ class LiveIndex:
     def _replay_wal(self) -> None:
         """Re-apply the WAL. A remote BM25 engine that is throttled or unreachable does not stop the
         load: the writes stand (the WAL has them), the engine keeps the unconfirmed operations
-        pending and sends them with the next write, as after a live write whose BM25 half failed."""
+        pending, as after a live write whose BM25 half failed: the next write sends them, and so
+        does a serving process's :class:`PendingSender` once the cluster answers again."""
         if not self._wal_path.exists():
             return
         changed = False
@@ -654,7 +656,7 @@ class LiveIndex:
         if failed is not None:
             log.warning(
                 "keyword index not updated by the WAL replay of %s, its writes stay pending until "
-                "the next write: %s",
+                "the cluster takes them: %s",
                 self.generation,
                 failed.message,
             )
@@ -676,8 +678,9 @@ class LiveIndex:
         so a remote cluster's retries never hold searches. A search in between sees the new rows
         with the old BM25 postings: ids the table no longer has are skipped, a replaced id maps to
         its new row. A BM25 engine that refuses or cannot be reached undoes nothing: the write
-        stands, its reason is returned, and the engine sends the kept operations with the next
-        write (a restart replays the WAL into it)."""
+        stands, its reason is returned, and the engine keeps the operations pending: the next
+        write sends them, and so does a serving process's :class:`PendingSender` once the cluster
+        answers again (a restart replays the WAL into it)."""
         with self.state_lock.writing():
             products = self._apply_in_memory(rec)
         try:
@@ -806,6 +809,33 @@ class LiveIndex:
                 self._apply_live(rec)  # a keyword index that fails is logged; the delete stands
         return existing
 
+    def send_pending(self) -> int | None:
+        """Send the BM25 operations the engine kept pending after a failed write or WAL replay
+        (:class:`PendingSender` calls it), serialised with writes as a write would: under the
+        index's write lock and this object's write mutex. Never waits for them: returns None when
+        a write or a reload holds either (try again later), else how many operations were sent.
+        Raises what the engine's commit raises; the operations then stay pending. Documents the
+        engine refuses for good are logged (no write report is there to carry them)."""
+        with try_file_lock(self.index_dir / WRITE_LOCK) as locked:
+            if not locked or not self._write_mutex.acquire(blocking=False):
+                return None
+            try:
+                lexical = self.lexical
+                n = lexical.pending
+                if n:
+                    try:
+                        lexical.commit()
+                    finally:
+                        for item_id, reason in lexical.take_rejected():
+                            log.warning(
+                                "keyword index refused item %s (%s); it is found by vector search only",
+                                item_id,
+                                reason,
+                            )
+                return n
+            finally:
+                self._write_mutex.release()
+
     # ----------------------------------------------------------------- reads
     def get(self, item_id: str) -> Product:
         p = self.table.get(item_id)
@@ -814,6 +844,14 @@ class LiveIndex:
         return p
 
     def info(self) -> dict[str, Any]:
+        """Manifest and live counts. A remote BM25 engine that cannot count now gives
+        ``lexical_docs: None`` and ``lexical_error``, not an error: the rest is still worth showing."""
+        lexical: dict[str, Any] = {}
+        try:
+            lexical["lexical_docs"] = self.lexical.count()
+        except ShopSearchError as exc:
+            lexical = {"lexical_docs": None, "lexical_error": exc.message}
+        lexical["lexical_pending"] = self.lexical.pending  # BM25 operations the engine has not confirmed
         return {
             "index_dir": str(self.index_dir),
             "generation": self.generation,
@@ -822,7 +860,7 @@ class LiveIndex:
                 **self.table.catalog_stats(),
                 **{f"{m}_vectors": int(v.ntotal) for m, v in self.vectors.items()},
                 **({"fused_vectors": int(self.fused.index.ntotal)} if getattr(self, "fused", None) else {}),
-                "lexical_docs": self.lexical.count(),
+                **lexical,
                 "wal_bytes": self._wal_path.stat().st_size if self._wal_path.exists() else 0,
             },
         }
@@ -831,3 +869,94 @@ class LiveIndex:
         self.lexical.close()
         for index in self.vectors.values():
             _close_vector_index(index)
+
+
+# ====================================================================== pending BM25 operations
+class PendingSender:
+    """Sends the BM25 operations a remote engine (OpenSearch) kept pending after a live write or
+    a WAL replay it could not take, once the cluster answers again, instead of with the next
+    write, which may never come. Started and stopped with the API app's lifespan.
+
+    A daemon thread looks every ``interval_s`` whether operations are pending (a counter read;
+    nothing is sent while none are). When some are, it probes the cluster (one short search, no
+    retry) and, if it answers, sends them as a write would (:meth:`LiveIndex.send_pending`, never
+    waiting for a write in progress). While the cluster does not take them, each failed try
+    doubles the wait, up to ``max_delay_s``; the reason is logged once per change."""
+
+    def __init__(
+        self,
+        index: LiveIndex,
+        *,
+        interval_s: float = 1.0,
+        max_delay_s: float = 30.0,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        self.index = index
+        self.interval_s = interval_s
+        self.max_delay_s = max_delay_s
+        self.probe_timeout_s = probe_timeout_s
+        self.last_error: str | None = None  # why the last try failed; None after a success
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="bm25-pending-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread; a send in flight finishes first (up to ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        failures = 0
+        delay = self.interval_s
+        while not self._stop.wait(delay):
+            try:
+                outcome = self.try_send()
+            except Exception:  # noqa: BLE001 - the thread must outlive anything one try meets
+                log.exception("sending pending keyword (BM25) operations failed")
+                outcome = False
+            failures = failures + 1 if outcome is False else 0
+            delay = min(self.max_delay_s, self.interval_s * 2**failures) if failures else self.interval_s
+
+    def try_send(self) -> bool | None:
+        """One try: None when nothing is pending or a write holds the locks (it comes back at the
+        normal interval), True when every pending operation went out, False when the cluster
+        did not take them (it backs off)."""
+        lexical = self.index.lexical
+        waiting = lexical.pending
+        if not waiting:
+            return None
+        probe = getattr(lexical, "health_check", None)
+        sent: int | None = 0
+        try:
+            problem = probe(self.probe_timeout_s) if probe is not None else None
+            if problem is None:
+                sent = self.index.send_pending()
+                if sent is None:
+                    return None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the operations stay pending
+            problem = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            log.info("sent %d pending keyword (BM25) operations now that the cluster answers", sent)
+            self.last_error = None
+            return True
+        if problem != self.last_error:
+            log.warning(
+                "%d keyword (BM25) operations are still pending, sent when the cluster takes them: %s",
+                waiting,
+                problem,
+            )
+        self.last_error = problem
+        return False

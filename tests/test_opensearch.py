@@ -1100,7 +1100,7 @@ def test_health_tells_whether_searches_would_fail(tmp_path: Path, cluster: Clust
             h = client.get("/health")
             assert h.status_code == 200, h.text
             assert h.json()["status"] == "ok"
-            assert h.json()["lexical"] == {"backend": "opensearch", "status": "ok"}
+            assert h.json()["lexical"] == {"backend": "opensearch", "status": "ok", "pending": 0}
             assert client.post("/search", json={"query": "running shoe"}).status_code == 200
 
             proxy.plan = lambda method, path, n: "cut_before"  # the cluster is gone
@@ -1141,5 +1141,65 @@ def test_health_tells_whether_searches_would_fail(tmp_path: Path, cluster: Clust
             app.state.lexical_health.clear()  # (else within a few seconds)
             h = client.get("/health")
             assert h.status_code == 200 and h.json()["status"] == "ok", h.text
+        finally:
+            pipe.close()
+
+
+def test_pending_keyword_writes_go_out_once_the_cluster_answers_again(
+    tmp_path: Path, cluster: Cluster, prefix: str
+) -> None:
+    """A live write whose BM25 half the cluster could not take stayed pending until the next write,
+    which may never come: the item was not found by keyword search however long the cluster had
+    been back. Now a serving app sends pending operations in the background once the cluster
+    answers again (backing off while it does not), and /health and /info say how many wait."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from indexer.store import LiveIndex
+    from reranker.base import PassThroughReranker
+    from reranker.pipeline import SearchPipeline
+    from retriever.search import Retriever
+
+    with FaultProxy(cluster.url, lambda method, path, n: "pass") as proxy:
+        settings = build_small_index(tmp_path, proxy.url, prefix)
+        live = LiveIndex(settings.index_dir, settings)
+        pipe = SearchPipeline(live, Retriever(live, settings), PassThroughReranker())
+        try:
+            app = create_app(pipe)
+            with TestClient(app) as client:
+                h = client.get("/health").json()
+                assert h["lexical"] == {"backend": "opensearch", "status": "ok", "pending": 0}, h
+                assert client.get("/info").json()["live"]["lexical_pending"] == 0
+
+                proxy.plan = lambda method, path, n: "cut_before"  # the cluster is gone
+                put = client.put("/items/k1", json={"title": "Zorbulating Kettle"})
+                assert put.status_code == 201, put.text
+                [issue] = put.json()["issues"]
+                assert issue["action"] == "warning" and "not updated yet" in issue["reason"]
+                assert live.lexical.pending == 1
+                app.state.lexical_health.clear()
+                h = client.get("/health")
+                assert h.status_code == 503 and h.json()["lexical"]["pending"] == 1, h.text
+                info = client.get("/info").json()["live"]  # answers without the cluster
+                assert info["lexical_pending"] == 1 and info["lexical_docs"] is None
+                assert "cannot reach OpenSearch" in info["lexical_error"]
+                sent = len(proxy.seen)
+                time.sleep(2.5)  # still down: a few probes, backing off, and no write attempt
+                later = proxy.seen[sent:]
+                assert len(later) <= 3 and not [s for s in later if "_bulk" in s.path], later
+                assert live.lexical.pending == 1
+
+                proxy.plan = lambda method, path, n: "pass"  # back, and no further write comes
+                deadline = time.monotonic() + 20
+                while live.lexical.pending and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert live.lexical.pending == 0
+                assert [h.id for h in live.lexical.search("zorbulating", 5)] == ["k1"]
+                app.state.lexical_health.clear()
+                h = client.get("/health")
+                assert h.status_code == 200 and h.json()["lexical"]["pending"] == 0, h.text
+                assert client.get("/info").json()["live"]["lexical_pending"] == 0
+            sender = app.state.pending_sender
+            assert not sender.running  # stopped with the app
         finally:
             pipe.close()

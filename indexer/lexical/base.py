@@ -60,6 +60,12 @@ class LexicalIndex(ABC):
         """Free what this index holds outside its directory (OpenSearch: the physical index) when the
         store removes its generation."""
 
+    @property
+    def pending(self) -> int:
+        """Operations written and committed here that the engine has not confirmed yet (a remote
+        engine that could not be reached keeps them for a later commit); embedded engines: 0."""
+        return 0
+
     def take_rejected(self) -> list[tuple[str, str]]:
         """(id, reason) of documents the engine refused for good since the last call, so the store
         can report them as ingest issues; they are never counted as indexed."""

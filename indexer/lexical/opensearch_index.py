@@ -866,6 +866,8 @@ class OpenSearchIndex(LexicalIndex):
 
     @property
     def pending(self) -> int:
+        """Operations (index or delete) not confirmed yet: buffered before a commit, or kept after
+        a commit the cluster could not take (the next commit sends them again)."""
         return len(self._state.pending)
 
     def count(self) -> int:

@@ -70,6 +70,10 @@ def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
         key, value = v.split("=", 1)
         if not key.strip():  # '=Black' used to filter on an attribute named ''
             raise typer.BadParameter(f"{what} must look like NAME=VALUE with a non-empty NAME, got {v!r}")
+        # 'color=' filtered on an empty value (--attr); --map has no use for one either: a column
+        # mapped to '' is refused by the catalog reader and would vanish from an event file
+        if not value.strip():
+            raise typer.BadParameter(f"{what} must look like NAME=VALUE with a non-empty VALUE, got {v!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -439,6 +443,9 @@ def train_cf(
     settings = _settings(config, index_dir=index_dir, cf_model=model, cf_tune=tune)
     if events:
         _import_events(settings, events, field_map, check_items, quiet)
+    else:  # the event store would create a mistyped --index
+        _check_output_dir(settings.index_dir, "--index", "events")
+        _check_events_home(settings.index_dir)
     report = run_training(settings.index_dir, settings, progress=not quiet, cold_start=cold_start)
     typer.echo(report.summary())
     typer.echo(f"published {report.generation} at {report.path}")

@@ -453,11 +453,22 @@ def open_reranker(index: Any, settings: Any) -> Reranker:
     """The re-ranker the settings ask for: with ``reranker`` on, a :class:`LearnedReranker` on
     the checkpoint folder (``reranker_model``, default INDEX/models/reranker), which passes the
     fused order through until a checkpoint is there (a ``reranker_model`` folder that does not
-    exist is logged as a warning); with it off, pass-through."""
+    exist is logged as a warning); with it off, pass-through. A path that is a file is a
+    ConfigError: no checkpoint can ever appear there, so waiting would serve the fused order
+    forever (it is most likely a file of a checkpoint instead of its folder)."""
     if not getattr(settings, "reranker", True):
         return PassThroughReranker()
     chosen = getattr(settings, "reranker_model", None)
     folder = Path(chosen or model_dir(index.index_dir))
+    if folder.exists() and not folder.is_dir():
+        what = "reranker_model" if chosen is not None else "the re-ranker folder"
+        hint = ""
+        if (folder.parent / "config.json").is_file():
+            hint = f" (the checkpoint folder is probably {folder.parent})"
+        raise ConfigError(
+            f"{what} {folder} is a file, not a checkpoint folder: give the folder that "
+            f"'shopsearch train-reranker' writes, the one holding config.json{hint}"
+        )
     if chosen is not None and not folder.exists():  # by design waited for, but likely a typo
         log.warning(
             "re-ranker folder %s (reranker_model) does not exist: the fused order serves "

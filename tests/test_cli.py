@@ -134,11 +134,14 @@ def test_info_shows_the_reranker_and_cf_status_as_http_info_does(small_index, tm
 
 
 def test_empty_filter_names_are_usage_errors(small_index):
-    """'--attr =Black' filtered on an attribute named '' and '--category >>>' on no category at
-    all (every item matched): both are refused by option and value, like '--attr Black'."""
+    """'--attr =Black' filtered on an attribute named '', '--attr color=' on an empty value and
+    '--category >>>' on no category at all (every item matched): all are refused by option and
+    value, like '--attr Black'."""
     for args, needle in (
         (["--attr", "=Black"], "--attr must look like name=value with a non-empty name, got '=black'"),
         (["--attr", " = Black"], "got ' = black'"),
+        (["--attr", "color="], "--attr must look like name=value with a non-empty value, got 'color='"),
+        (["--attr", "color= "], "got 'color= '"),
         (["--category", ">>>"], "--category '>>>' names no category"),
         (["--category", " > "], "--category ' > ' names no category"),
     ):
@@ -169,6 +172,48 @@ def test_events_import_refuses_a_folder_that_is_not_an_index(small_index, tmp_pa
     shutil.copytree(small_index, index)
     proc = run("events", "import", str(events), "--index", str(index), "-q")
     assert "now holds 1 events" in proc.stdout
+
+
+def test_train_cf_without_events_refuses_a_folder_that_is_not_an_index(small_index, tmp_path):
+    """Without --events, a mistyped --index used to be created (an empty event store in it)."""
+    typo = tmp_path / "indx"
+    proc = run("train-cf", "--index", str(typo), "-q", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"no index at {typo}" in proc.stderr
+    assert not typo.exists()
+    plain = tmp_path / "plain"  # a folder, but not an index
+    plain.mkdir()
+    proc = run("train-cf", "--index", str(plain), "-q", check=False)
+    assert proc.returncode == 2 and f"{plain} holds no complete index" in proc.stderr, proc.stderr
+    assert not list(plain.iterdir())
+    index = tmp_path / "index"  # an index without events: gets as far as training
+    shutil.copytree(small_index, index)
+    proc = run("train-cf", "--index", str(index), "-q", check=False)
+    assert "no index" not in proc.stderr and "holds no complete index" not in proc.stderr, proc.stderr
+
+
+def test_map_keeps_working_and_refuses_an_empty_column(tmp_path):
+    """--map shares the NAME=VALUE parsing of --attr: a column mapped to '' is refused up front."""
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"sku": "a1", "name": "Blue running shoe"}\n', encoding="utf-8")
+    proc = run(
+        "index",
+        str(catalog),
+        "--index",
+        str(tmp_path / "i"),
+        "-q",
+        "--map",
+        "sku=id",
+        "--map",
+        "name=",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--map must look like name=value with a non-empty value, got 'name='" in proc.stderr.lower()
+    proc = run(
+        "index", str(catalog), "--index", str(tmp_path / "i"), "-q", "--map", "sku=id", "--map", "name=title"
+    )
+    assert "indexed 1 items" in proc.stdout
 
 
 def test_info_shows_manifest(index_dir):

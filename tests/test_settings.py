@@ -93,3 +93,32 @@ def test_a_reranker_model_folder_that_does_not_exist_is_warned_about(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="reranker.serving"):
         open_reranker(index, load_settings(None, reranker_model=typo))
     assert not caplog.records
+
+
+def test_a_reranker_model_that_is_a_file_is_a_config_error(tmp_path):
+    """Only a missing folder was warned about: a file (a checkpoint's config.json or model.onnx
+    given instead of its folder) started the server without a word, and the fused order served
+    for good, since no checkpoint can ever appear inside a file. Now the start fails, naming the
+    setting, the file and, when it lies in a checkpoint, the folder meant."""
+    from types import SimpleNamespace
+
+    from reranker.serving import open_reranker
+
+    index = SimpleNamespace(index_dir=tmp_path / "index")
+    checkpoint = tmp_path / "reranker"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}", encoding="utf-8")
+    inside = checkpoint / "model.onnx"
+    inside.write_bytes(b"")
+    with pytest.raises(ConfigError) as exc:
+        open_reranker(index, load_settings(None, reranker_model=inside))
+    message = exc.value.message
+    assert f"reranker_model {inside} is a file, not a checkpoint folder" in message
+    assert f"the checkpoint folder is probably {checkpoint}" in message
+    lone = tmp_path / "weights.bin"
+    lone.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="is a file, not a checkpoint folder") as exc:
+        open_reranker(index, load_settings(None, reranker_model=lone))
+    assert "probably" not in exc.value.message
+    # with the re-ranker off the setting is not used: no error
+    assert open_reranker(index, load_settings(None, reranker=False, reranker_model=lone)).name == "none"

@@ -660,6 +660,22 @@ def test_events_train_reload_search_and_similar_end_to_end(api_index):
         assert client.get("/info").json()["cf"]["live"]["events"] == 3
 
 
+def _cut_short_and_count_loads(folder: Path, monkeypatch) -> tuple[bytes, list]:
+    """Cut the generation's pmi.npz short (a half-copied file); returns its bytes, to repair it,
+    and the list every CFModel.load call is appended to."""
+    data = (folder / "pmi.npz").read_bytes()
+    (folder / "pmi.npz").write_bytes(data[:100])
+    loads: list = []
+    real_load = CFModel.load
+
+    def counted(f):
+        loads.append(f)
+        return real_load(f)
+
+    monkeypatch.setattr(CFModel, "load", staticmethod(counted))
+    return data, loads
+
+
 def test_a_broken_only_generation_leaves_search_without_cf_not_failing(tmp_path, monkeypatch):
     """With no older model to fall back on, an unreadable generation used to raise out of every
     search (a 503 for all queries, /info included). Now the searches go on without the CF source,
@@ -667,11 +683,7 @@ def test_a_broken_only_generation_leaves_search_without_cf_not_failing(tmp_path,
     settings = load_settings()
     model = fit_model(_shift_log(), settings, threads=1)
     name, folder = publish(model, tmp_path)
-    data = (folder / "pmi.npz").read_bytes()
-    (folder / "pmi.npz").write_bytes(data[:100])
-    loads = []
-    real_load = CFModel.load
-    monkeypatch.setattr(CFModel, "load", staticmethod(lambda f: loads.append(f) or real_load(f)))
+    data, loads = _cut_short_and_count_loads(folder, monkeypatch)
     source = CFSource(tmp_path, settings, reload_interval=0.0)
     table = ItemTable()
     table.append(Product(id="asylum", title="asylum"))
@@ -694,11 +706,8 @@ def test_a_broken_newer_generation_is_refused_once_and_reported(tmp_path, monkey
     source = CFSource(tmp_path, settings, reload_interval=0.0)
     assert source.reload() == first and source.last_error is None
     second, folder = publish(model, tmp_path)
-    data = (folder / "pmi.npz").read_bytes()
-    (folder / "pmi.npz").write_bytes(data[:100])
-    loads = []
     real_load = CFModel.load
-    monkeypatch.setattr(CFModel, "load", staticmethod(lambda f: loads.append(f) or real_load(f)))
+    data, loads = _cut_short_and_count_loads(folder, monkeypatch)
     table = ItemTable()
     table.append(Product(id="asylum", title="asylum"))
     for _ in range(3):  # searches go on with the first generation

@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +38,33 @@ _REMOTE_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "data:")
 
 _EXIF_ORIENTATION = 0x0112
 
+#: Longest side / shortest side above which a file is refused: no product photo is 100 times longer
+#: than it is wide, and encoders scale the short side up (open_clip) or pad to a square, so a
+#: 100000x1 "photo" of a few hundred bytes would cost them gigabytes.
+MAX_ASPECT_RATIO = 100
+
+# ISO-BMFF brands of HEIF still images (iPhone photos): Pillow has no decoder for them.
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+
+
+def unsupported_format(head: bytes) -> str | None:
+    """The name of a well-known image format this decoder cannot read (HEIC, SVG, JPEG XL), from
+    the first bytes of a file, so the refusal can say what the file is; None otherwise."""
+    if head[4:8] == b"ftyp":
+        size = int.from_bytes(head[:4], "big")
+        box = head[8 : min(max(size, 16), len(head))]
+        brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
+        if brands & _HEIF_BRANDS and not brands & {b"avif", b"avis"}:
+            return "HEIC/HEIF"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!doctype svg")) and b"<svg" in text):
+        return "SVG"
+    return None
+
 
 def is_remote(ref: str) -> bool:
     """True for URLs that the offline indexer never fetches."""
@@ -51,7 +79,7 @@ def is_within_roots(path: str | os.PathLike[str], roots: Iterable[str | os.PathL
     """
     try:
         resolved = Path(path).resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return False
     for root in roots:
         try:
@@ -77,14 +105,20 @@ def check_media_file(
     references are relative to ``base_dir`` (the catalog file's folder).
     """
     raw = os.fspath(ref)
+    roots = tuple(roots)
+    p = _local_path(raw, base_dir)
     if raw.lower().startswith("file://"):
-        raw = raw[len("file://") :]
-    p = Path(raw).expanduser()
-    if not p.is_absolute():
-        p = Path(base_dir) / p
+        # a file URI is percent-encoded (Path.as_uri() writes "my%20photo.jpg"); a name with a
+        # literal '%' that earlier catalogs relied on still finds its file (inside the roots only)
+        rest = raw[len("file://") :]
+        rest = rest[len("localhost") :] if rest.lower().startswith("localhost/") else rest
+        p, literal = _local_path(unquote(rest), base_dir), _local_path(rest, base_dir)
+        if literal != p and is_within_roots(literal, roots) and _exists(literal):
+            if not (is_within_roots(p, roots) and _exists(p)):
+                p = literal
     try:
         resolved = p.resolve()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a NUL byte in the name
         raise MediaError(f"{kind} path {os.fspath(ref)!r} cannot be resolved: {exc}") from None
     if not is_within_roots(resolved, roots):
         raise MediaError(f"{kind} path {os.fspath(ref)!r} is outside the allowed media folders; refused")
@@ -101,8 +135,25 @@ def check_media_file(
     return resolved
 
 
-def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = 64_000_000) -> Image.Image:
+def _local_path(raw: str, base_dir: str | os.PathLike[str]) -> Path:
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = 64_000_000, name: str | None = None
+) -> Image.Image:
     """Decode an image fully into RGB, or raise MediaError saying why it cannot be used.
+
+    Error messages start with ``name`` (default: ``image PATH``, or ``image data`` for bytes), so
+    a caller holding bytes can say where they came from ("uploaded image 'x.jpg'").
 
     The pixel count is checked from the header before any pixel is decoded, so a decompression
     bomb costs a few hundred bytes of reading. The image is decoded here (``load()``), so a
@@ -110,15 +161,15 @@ def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = 64_0
     transparency is flattened onto white (product photos on a transparent background would turn
     black otherwise). Multi-frame files (GIF, TIFF) give their first frame. Pillow's own guard
     (refusing over 2 x ``Image.MAX_IMAGE_PIXELS``, ~179 MP by default) still applies above
-    ``max_pixels``.
+    ``max_pixels``. Images more than ``MAX_ASPECT_RATIO`` times longer than wide are refused.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = "image data"
+        name = name or "image data"
         if len(source) == 0:
-            raise MediaError("image data is empty")
+            raise MediaError(f"{name} is empty")
         fh: io.BufferedIOBase = io.BytesIO(bytes(source))
     else:
-        name = f"image {os.fspath(source)}"
+        name = name or f"image {os.fspath(source)}"
         if is_remote(os.fspath(source)):
             raise MediaError(f"{name}: remote URLs are not fetched (the indexer works offline)")
         fh = _open_file(Path(source), name)
@@ -130,14 +181,20 @@ def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = 64_0
                 f"{name}: refused before decoding as a possible decompression bomb ({exc})"
             ) from None
         except UnidentifiedImageError:
-            raise MediaError(
-                f"{name}: not an image or not a supported format (supported: {', '.join(_FORMATS)})"
-            ) from None
+            fh.seek(0)
+            known = unsupported_format(fh.read(1024))
+            what = f"{known} images are not supported" if known else "not an image or not a supported format"
+            raise MediaError(f"{name}: {what} (supported: {', '.join(_FORMATS)})") from None
         except Exception as exc:  # any header parse failure is bad input
             raise MediaError(f"{name}: corrupt image header ({type(exc).__name__}: {exc})") from None
         width, height = img.size
         if width <= 0 or height <= 0:
             raise MediaError(f"{name}: image has no pixels ({width}x{height})")
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise MediaError(
+                f"{name}: {width}x{height} is too elongated for a product photo "
+                f"(more than {MAX_ASPECT_RATIO}:1); refused before decoding"
+            )
         if width * height > max_pixels:
             raise MediaError(
                 f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over the limit of "
@@ -186,15 +243,22 @@ def _apply_orientation(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
-    if mode == "RGB":
+    # A colour key (PNG tRNS) makes one colour transparent in RGB, L, 16-bit and palette images:
+    # tools that shrink PNGs store a cut-out product's background this way instead of as alpha.
+    key = img.info.get("transparency")
+    if mode == "RGB" and key is None:
         return img
     if mode.startswith("I;16") or mode == "I":
         # Pillow clips 16-bit values to 0..255 when converting; scale instead.
-        arr = np.asarray(img).astype(np.float32)
+        raw = np.asarray(img)
+        arr = raw.astype(np.float32)
         peak = 65535.0 if arr.size and arr.max() > 255 else 255.0
         grey = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+        out = Image.fromarray(grey).convert("RGB")
+        if isinstance(key, int):
+            out.paste((255, 255, 255), mask=Image.fromarray(((raw == key) * 255).astype(np.uint8)))
+        return out
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or key is not None
     if has_alpha:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -24,6 +24,7 @@ from indexer.encoders import (
     load_text_encoder,
     sample_video_frames,
 )
+from indexer.encoders.image import _square
 from shopsearch.errors import ConfigError, EncoderError, InvalidQueryError, MediaError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -299,6 +300,29 @@ def test_open_clip_config_as_dict_and_errors(tiny_clip: tuple[Path, Path], tmp_p
         OpenClipImageEncoder("shopsearch-tiny-wrong", checkpoint, model_config=wrong)
 
 
+def test_square_of_a_long_thin_image_never_builds_a_huge_canvas(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Padding 20000x200 to a square first would allocate 20000x20000 pixels (1.6 GB) for a photo
+    # of 4 megapixels; the padded canvas must stay small.
+    real_new = Image.new
+    sizes: list[tuple[int, int]] = []
+
+    def spy(mode: str, size: tuple[int, int], *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(tuple(size))
+        assert size[0] * size[1] <= 16_000_000, f"a {size[0]}x{size[1]} canvas"
+        return real_new(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "new", spy)
+    thin = real_new("RGB", (20_000, 200), (200, 30, 30))
+    out = _square(thin, 224)
+    assert out.shape == (224, 224, 3) and sizes
+    assert tuple(out[112, 112]) == pytest.approx((200, 30, 30), abs=2)  # the product, centred
+    assert tuple(out[10, 112]) == (255, 255, 255)  # white padding above and below
+    # an ordinary photo takes the usual path: padded once at its own scale
+    sizes.clear()
+    assert _square(real_new("RGB", (300, 200), (9, 9, 9)), 224).shape == (224, 224, 3)
+    assert sizes == [(300, 300)]
+
+
 # =========================================================================== video
 COLOURS = [(230, 30, 30), (30, 200, 40), (40, 40, 230), (240, 220, 20)]
 
@@ -372,6 +396,35 @@ def test_bad_videos_raise_media_error(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(image)
     frames = sample_video_frames(image, 4)  # a still image is a one-frame video, not an error
     assert len(frames) == 1
+
+
+def test_video_display_rotation_is_applied(tmp_path: Path) -> None:
+    # Phones store a portrait clip as landscape frames plus a display rotation, as they do EXIF
+    # orientation for photos: the sampled frames must be upright, as a viewer sees them.
+    red, blue = (230, 30, 30), (40, 40, 230)
+    for degrees, top in ((90, blue), (-90, red), (0, None)):
+        clip = tmp_path / f"rot{degrees}.mp4"
+        with av.open(str(clip), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+            if degrees:
+                stream.set_display_rotation(degrees)  # counter-clockwise
+            frame = np.zeros((32, 64, 3), np.uint8)
+            frame[:, :32], frame[:, 32:] = red, blue  # stored: red left, blue right
+            for _ in range(5):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        frames = sample_video_frames(clip, 2)
+        if top is None:
+            assert all(f.size == (64, 32) for f in frames)
+            continue
+        bottom = blue if top == red else red
+        for f in frames:
+            assert f.size == (32, 64), degrees
+            px = np.asarray(f).astype(int)
+            assert np.abs(px[8, 16] - top).max() < 40 and np.abs(px[56, 16] - bottom).max() < 40, degrees
 
 
 @pytest.mark.slow

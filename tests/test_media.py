@@ -19,6 +19,7 @@ from indexer.media import (
     check_media_file,
     is_within_roots,
     load_image,
+    unsupported_format,
 )
 from shopsearch.errors import MediaError
 
@@ -68,6 +69,25 @@ def test_transparent_png_is_flattened_on_white(tmp_path: Path) -> None:
     assert out.mode == "RGB"
     assert out.getpixel((5, 5)) == (255, 255, 255)
     assert out.getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_colour_key_transparency_is_flattened_on_white(tmp_path: Path) -> None:
+    # PNG optimisers store a cut-out's background as one transparent colour (tRNS), not as an alpha
+    # channel: that background must turn white like an alpha one, not stay black.
+    rgb = Image.new("RGB", (10, 10), (0, 0, 0))
+    rgb.putpixel((0, 0), (200, 30, 30))
+    rgb.save(tmp_path / "key.png", transparency=(0, 0, 0))
+    with Image.open(tmp_path / "key.png") as raw:
+        assert raw.mode == "RGB" and raw.info["transparency"] == (0, 0, 0)
+    out = load_image(tmp_path / "key.png")
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (200, 30, 30)
+    deep = np.zeros((10, 10), dtype=np.uint16)
+    deep[0, 0] = 40000
+    Image.fromarray(deep).save(tmp_path / "key16.png", transparency=0)
+    out16 = load_image(tmp_path / "key16.png")
+    assert out16.getpixel((5, 5)) == (255, 255, 255)
+    assert out16.getpixel((0, 0)) == (155, 155, 155)  # 40000 / 65535 of 255
 
 
 def test_palette_and_greyscale_images_convert(tmp_path: Path) -> None:
@@ -125,6 +145,51 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="not an image") as e:
         load_image(tmp_path / "fake.jpg")
     assert "fake.jpg" in str(e.value)
+
+
+def test_heic_svg_and_jpeg_xl_are_named_when_refused(tmp_path: Path) -> None:
+    brands = b"mif1" + b"\0\0\0\0" + b"mif1heicmiaf"  # major brand, version, compatible brands
+    heic = (8 + len(brands)).to_bytes(4, "big") + b"ftyp" + brands + b"\0" * 64
+    svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>'
+    jxl = b"\xff\x0a" + b"\0" * 64
+    for name, data, kind in (("a.heic", heic, "HEIC"), ("b.svg", svg, "SVG"), ("c.jxl", jxl, "JPEG XL")):
+        (tmp_path / name).write_bytes(data)
+        assert unsupported_format(data) is not None
+        with pytest.raises(MediaError, match=f"{kind}.* not supported") as e:
+            load_image(tmp_path / name)
+        assert name in str(e.value)
+    assert unsupported_format(b"<html><body>404</body></html>") is None
+    assert unsupported_format(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf") is None  # AVIF is read
+
+
+def test_bytes_are_named_as_the_caller_says(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match=r"^uploaded image 'x\.jpg' is empty$"):
+        load_image(b"", name="uploaded image 'x.jpg'")
+    with pytest.raises(MediaError, match=r"^--image /a b\.jpg: not an image"):
+        load_image(b"<html></html>", name="--image /a b.jpg")
+    with pytest.raises(MediaError, match=r"^image data: not an image"):
+        load_image(b"<html></html>")
+
+
+@pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000), (30_000, 200)])
+def test_extremely_elongated_images_are_refused_before_decoding(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    # A few hundred bytes on disk, but the encoders pad to a square or scale the short side up:
+    # a 100000x1 image would cost them gigabytes.
+    Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "thin.png")
+    t = time.perf_counter()
+    with pytest.raises(MediaError, match="elongated") as e:
+        load_image(tmp_path / "thin.png")
+    assert time.perf_counter() - t < 1.0
+    assert f"{size[0]}x{size[1]}" in str(e.value)
+
+
+def test_tiny_and_long_but_plausible_images_load(tmp_path: Path) -> None:
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
+    Image.new("RGB", (1000, 10), (9, 9, 9)).save(tmp_path / "strip.png")  # 100:1, e.g. a tape measure
+    assert load_image(tmp_path / "dot.png").size == (1, 1)
+    assert load_image(tmp_path / "strip.png").size == (1000, 10)
 
 
 def test_format_outside_the_allowed_decoders_is_refused(tmp_path: Path) -> None:
@@ -253,3 +318,23 @@ def test_check_media_file(tmp_path: Path) -> None:
         check_media_file(".", base_dir=root, roots=[root])
     with pytest.raises(MediaError, match="video file not found"):
         check_media_file("clip.mp4", base_dir=root, roots=[root], kind="video")
+
+
+def test_file_uris_are_percent_decoded(tmp_path: Path) -> None:
+    root = tmp_path / "cat"
+    root.mkdir()
+    spaced = _jpeg(root / "my photo é.jpg")
+    assert check_media_file(spaced.as_uri(), base_dir=root, roots=[root]) == spaced.resolve()
+    assert "%20" in spaced.as_uri()
+    local = "file://localhost" + spaced.as_uri()[len("file://") :]
+    assert check_media_file(local, base_dir=root, roots=[root]) == spaced.resolve()
+    # a name with a literal '%' written into a file URI unencoded, as earlier catalogs did, still works
+    literal = _jpeg(root / "50%25 off.jpg")
+    assert check_media_file(f"file://{literal}", base_dir=root, roots=[root]) == literal.resolve()
+
+
+def test_nul_byte_in_a_media_path_is_a_media_error(tmp_path: Path) -> None:
+    for ref in ("a\x00b.jpg", "file:///tmp/a%00b.jpg"):
+        with pytest.raises(MediaError, match="cannot be resolved"):
+            check_media_file(ref, base_dir=tmp_path, roots=[tmp_path])
+    assert not is_within_roots("a\x00b.jpg", [tmp_path])

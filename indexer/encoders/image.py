@@ -58,12 +58,26 @@ def _as_rgb(image: Image.Image, index: int) -> Image.Image:
     return image.convert("RGB")
 
 
+_MAX_CANVAS_PIXELS = 16_000_000  # a padded square past this is built from a shrunk copy
+
+
 def _square(image: Image.Image, size: int) -> np.ndarray:
     """Pad to a white square, then resize: the whole product stays in view, undistorted
-    (a centre crop would cut off the ends of long items such as bags or mats)."""
+    (a centre crop would cut off the ends of long items such as bags or mats).
+
+    A long, thin image would pad to a canvas many times its own size (60000x600 pixels: 3.6
+    gigapixels), so such an image is shrunk to ``size`` first and padded after; ordinary
+    photos keep the pad-then-resize path, and their vectors."""
     w, h = image.size
+    side = max(w, h)
+    if side * side > max(4 * w * h, _MAX_CANVAS_PIXELS):
+        scale = size / side
+        image = image.resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC, reducing_gap=3.0
+        )
+        w, h = image.size
+        side = size
     if w != h:
-        side = max(w, h)
         canvas = Image.new("RGB", (side, side), (255, 255, 255))
         canvas.paste(image, ((side - w) // 2, (side - h) // 2))
         image = canvas

@@ -161,7 +161,9 @@ class ItemEncoder:
         for p in tqdm(todo, desc="videos", unit="video", disable=not progress or not todo):
             assert p.video is not None
             try:
-                key = file_key(f"{self.image.name}:video{self.video_frames}", Path(p.video))
+                # "upright": frames are turned by the display rotation (vectors cached before that
+                # fix may be of sideways frames)
+                key = file_key(f"{self.image.name}:video{self.video_frames}:upright", Path(p.video))
                 hit = self.cache.get_many([key]) if self.cache is not None else {}
                 if key in hit:
                     out.video[p.id] = hit[key]

@@ -18,12 +18,33 @@ MAX_FRAME_SIDE = 1024  # encoders downscale to ~224 px anyway; keeps 4K frames c
 SEEK_ABOVE_S = 30.0  # longer clips seek to each target instead of decoding every frame
 
 
+# Counter-clockwise quarter turns -> the transpose that shows the frame upright.
+_UPRIGHT = {
+    1: Image.Transpose.ROTATE_90,
+    2: Image.Transpose.ROTATE_180,
+    3: Image.Transpose.ROTATE_270,
+}
+
+
 def _frame_image(frame: Any) -> Image.Image:
     w, h = frame.width, frame.height
     scale = MAX_FRAME_SIDE / max(w, h, 1)
     if scale < 1.0:
-        return frame.to_image(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
-    return frame.to_image()
+        image = frame.to_image(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
+    else:
+        image = frame.to_image()
+    return _upright(image, frame)
+
+
+def _upright(image: Image.Image, frame: Any) -> Image.Image:
+    """Apply the display rotation (phones store portrait clips as landscape frames plus a display
+    matrix, as they do EXIF orientation for photos): the encoder must see what a viewer sees."""
+    try:
+        degrees = float(frame.rotation or 0)  # PyAV: counter-clockwise, -180..180
+    except Exception:  # noqa: BLE001 - no or malformed display matrix: keep the frame as stored
+        return image
+    turn = _UPRIGHT.get(round(degrees / 90) % 4)
+    return image.transpose(turn) if turn is not None else image
 
 
 def _seconds(value: Any, time_base: Any) -> float | None:

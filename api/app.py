@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from indexer.filters import Filters
-from indexer.media import check_media_file, is_remote, is_within_roots
+from indexer.media import check_media_file, is_remote, is_within_roots, unsupported_format
 from indexer.product import Product
 from indexer.report import IngestReport
 from indexer.store import PendingSender
@@ -772,12 +772,15 @@ def create_app(
         data = _read_upload(image, settings.max_upload_bytes)
         if not data:
             raise _validation_error("image", "the uploaded file is empty")
+        name = f"uploaded image {image.filename!r}" if image.filename else "uploaded image"
         if not _looks_like_image(data):
-            name = image.filename or "upload"
-            raise MediaError(f"{name!r} is not an image (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)")
+            known = unsupported_format(data[:1024])
+            what = f"is in {known} format, which is not supported" if known else "is not an image"
+            raise MediaError(f"{name} {what} (expected JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)")
         req = SearchRequest(
             text=query,
             image=data,
+            image_name=name,
             k=k,
             offset=offset,
             filters=parsed,

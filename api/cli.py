@@ -192,6 +192,7 @@ def search(
         SearchRequest(
             text=query or None,
             image=image_bytes,
+            image_name=f"--image {image}" if image is not None else None,
             k=k,
             offset=offset,
             filters=filters,

@@ -28,6 +28,7 @@ from shopsearch.settings import Settings, load_settings
 class SearchRequest:
     text: str | None = None
     image: bytes | None = None  # encoded image file (JPEG/PNG/...), as uploaded
+    image_name: str | None = None  # where the image came from, for errors ("--image x.jpg")
     k: int = 10
     offset: int = 0
     filters: Filters = field(default_factory=Filters)
@@ -97,7 +98,7 @@ class SearchPipeline:
         if req.offset < 0 or req.offset > MAX_OFFSET:
             raise InvalidQueryError(f"offset must be between 0 and {MAX_OFFSET}, got {req.offset}")
         image = (
-            load_image(req.image, max_pixels=self.settings.max_image_pixels)
+            load_image(req.image, max_pixels=self.settings.max_image_pixels, name=req.image_name)
             if req.image is not None
             else None
         )

@@ -513,6 +513,18 @@ def _png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def _heic() -> bytes:
+    """The start of an iPhone photo (HEIF container, HEVC-coded): Pillow has no decoder for it."""
+    brands = b"heic" + b"\0\0\0\0" + b"mif1heicmiaf"
+    return (8 + len(brands)).to_bytes(4, "big") + b"ftyp" + brands + b"\0" * 200
+
+
+def _thin_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 10), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _truncated_jpeg() -> bytes:
     img = Image.effect_noise((256, 256), 80).convert("RGB")
     buf = io.BytesIO()
@@ -532,6 +544,9 @@ def _truncated_jpeg() -> bytes:
         ),
         ({"image": ("fake.jpg", b"<html><body>hi</body></html>", "image/jpeg")}, {}, 415, "not an image"),
         ({"image": ("cut.jpg", _truncated_jpeg(), "image/jpeg")}, {}, 415, "truncated"),
+        ({"image": ("cut.jpg", _truncated_jpeg(), "image/jpeg")}, {}, 415, "uploaded image 'cut.jpg':"),
+        ({"image": ("IMG_0001.HEIC", _heic(), "image/heic")}, {}, 415, "HEIC/HEIF format"),
+        ({"image": ("thin.png", _thin_png(), "image/png")}, {}, 415, "3000x10 is too elongated"),
         ({"image": ("bomb.png", _png_bomb(), "image/png")}, {}, 415, "refused"),
         ({"image": ("empty.png", b"", "image/png")}, {}, 422, "empty"),
         ({}, {"query": "hoodie"}, 422, "image"),
@@ -677,6 +692,7 @@ def test_ids_with_slashes_and_spaces(client: TestClient) -> None:
         ({"title": "x", "image": "/etc/passwd"}, "outside the allowed media folders"),
         ({"title": "x", "image": "../../../etc/hostname"}, "outside the allowed media folders"),
         ({"title": "x", "image": "images/missing.png"}, "not found"),
+        ({"title": "x", "image": "images/a\x00b.png"}, "cannot be resolved"),
         ({"title": "x", "image": "http://example.com/a.jpg"}, "remote"),
         ({"title": "x", "image": ["images/hoodie-black.png", 3]}, "image"),
         ({"title": "x", "video": "/dev/zero"}, "video"),

@@ -230,6 +230,17 @@ def test_bad_rows_are_reported_not_fatal(tmp_path):
     assert all(issue["reason"] for issue in report["issues"])
 
 
+def test_a_photo_that_cannot_be_used_is_named(index_dir, tmp_path):
+    empty = tmp_path / "my photo.jpg"
+    empty.write_bytes(b"")
+    html = tmp_path / "page.jpg"
+    html.write_text("<html><body>404</body></html>")
+    for path, needle in ((empty, " is empty"), (html, ": not an image")):
+        proc = run("search", "", "--image", str(path), "--index", str(index_dir), check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"--image {path}{needle}" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

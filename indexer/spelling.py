@@ -5,8 +5,9 @@ the product it names is not even a candidate: no re-ranker can bring it back. Th
 replaces a query word that the catalog does not contain in any form with the catalog word the
 shopper most likely meant (:class:`SpellCorrector` lists the passes). Words with digits (model
 numbers, sizes) are never touched: an edit there names a different product, not a misspelling.
-Units after numbers ("36 inch", '8\'') are written the way most products write them, and two
-query words the catalog writes as one ("back splash") also search the one-word form.
+Units after numbers ("36 inch", '8\'', "16gb") are written the way most products write them,
+joined to the number ("60w", one token) or apart ("60 watt"), both when the catalog uses both, and
+two query words the catalog writes as one ("back splash") also search the one-word form.
 
 Candidates one edit away come from a symmetric-delete index (SymSpell): every catalog word is
 stored under itself and each of its one-letter deletions, as 64-bit hashes in a sorted array, so
@@ -64,6 +65,15 @@ UNIT_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("cm", "centimeter", "centimeters", "centimetre", "centimetres"), ()),
     (("v", "volt", "volts"), ()),
     (("w", "watt", "watts"), ()),
+    (("kg", "kilogram", "kilograms"), ()),
+    (("gb", "gigabyte", "gigabytes"), ()),
+    (("tb", "terabyte", "terabytes"), ()),
+    (("mb", "megabyte", "megabytes"), ()),
+    (("ghz", "gigahertz"), ()),
+    (("mhz", "megahertz"), ()),
+    (("hz", "hertz"), ()),
+    (("mah",), ()),
+    (("mp", "megapixel", "megapixels"), ()),
 )
 _UNIT_FORM_SET = {f for forms, _ in UNIT_GROUPS for f in forms}
 _UNIT_FORMS = sorted({f for forms, _ in UNIT_GROUPS for f in forms}, key=len, reverse=True)
@@ -80,7 +90,13 @@ _MARK = "#"  # unit usage markers share the word sets: '#in' = a product writes 
 
 
 def _unit_marks(text: str) -> set[str]:
-    marks = {_MARK + m.group(2).lower() for m in _NUMBER_UNIT.finditer(text)}
+    """'#gb' for a product writing a number then 'gb'; '#gb:joined' when written as one token
+    ('16GB'), '#gb:spaced' when apart ('16 GB', '16-GB'): BM25 matches only the same form."""
+    marks = set()
+    for m in _NUMBER_UNIT.finditer(text):
+        unit = _MARK + m.group(2).lower()
+        marks.add(unit)
+        marks.add(unit + (":joined" if m.end(1) == m.start(2) else ":spaced"))
     if _DIMS_JOINED.search(text):
         marks.add(_MARK + "dims:joined")
     if _DIMS_SPLIT.search(text):
@@ -486,11 +502,27 @@ class SpellCorrector:
 
             def repl(m: re.Match[str], canon: str = canon, kept: set[str] = kept) -> str:
                 typed = m.group(2).lower()
-                return f"{m.group(1)} {typed} {canon}" if typed in kept else f"{m.group(1)} {canon}"
+                return self._written(m.group(1), [typed, canon] if typed in kept else [canon])
 
             rules.append((re.compile(pattern, re.IGNORECASE), repl))
         self._rules, self._rules_version = rules, v.version
         return rules
+
+    def _written(self, number: str, forms: list[str]) -> str:
+        """The number with each unit form the way products write it: apart ("60 watt"), joined
+        ("60w", one token to BM25), or both when each is used by at least ``_KEEP_SHARE`` of the
+        products writing that form. Vocabularies saved before joined forms were counted say
+        nothing about them: apart, as then."""
+        apart: list[str] = []
+        joined: list[str] = []
+        for form in forms:
+            j, s = self.vocab.unit_use(form + ":joined"), self.vocab.unit_use(form + ":spaced")
+            top = max(j, s)
+            if j and j >= _KEEP_SHARE * top:
+                joined.append(number + form)
+            if not top or s >= _KEEP_SHARE * top:
+                apart.append(form)
+        return " ".join([*joined, *([number, *apart] if apart else [])])
 
     def units(self, text: str) -> str:
         """Units after numbers and dimensions written the way the catalog writes them ("36 inch"

@@ -111,9 +111,27 @@ def test_units_and_dimensions_are_searched_as_the_catalog_writes_them() -> None:
     assert c.correct("18-volt drill").text == "18-volt drill"
     assert c.correct("3 in 1 vanity").text == "3 in 1 vanity"  # a count, not inches
     both = SpellCorrector(vocab(*["Monitor 17 in. wide"] * 3, "Laptop 17 inch screen", "Tablet 10inch"))
-    assert both.correct("17 inch monitor").text == "17 inch in monitor"  # 'inch' is common too: kept
+    # 'inch' is common too, and written both joined ('10inch', one token) and apart: all searched
+    assert both.correct("17 inch monitor").text == "17inch 17 inch in monitor"
     assert both.correct('17" monitor').text == "17 in monitor"
     assert vocab("Sofa 3-in-1", "Sofa 2 in 1").units == {}
+
+
+def test_units_joined_to_the_number_are_searched_the_way_products_write_them() -> None:
+    """BM25 sees '16GB' as one token and '16 GB' as two: a query "16gb ram" found no notebook
+    whose specs say "16 GB" (and matched "RAM Mounts" instead)."""
+    apart = SpellCorrector(vocab(*["Notebook 16 GB RAM, 512 GB SSD"] * 12, "USB stick 64GB"))
+    assert apart.correct("notebook 16gb ram 512gb ssd").text == "notebook 16 gb ram 512 gb ssd"
+    assert not apart.correct("notebook 16gb ram").changed  # same meaning: not a correction
+    joined = SpellCorrector(vocab(*["USB stick 64GB", "Notebook 16GB RAM"] * 3))
+    assert joined.correct("64 gb usb stick").text == "64gb usb stick"
+    both = SpellCorrector(vocab(*["Notebook 16 GB RAM"] * 3, *["Tablet 16GB"] * 2))
+    assert both.correct("16gb tablet").text == "16gb 16 gb tablet"
+    # Home Depot writes '60W' joined and '60 Watt' apart: a typed 'w' keeps its joined form
+    bulbs = SpellCorrector(vocab(*["LED Bulb 60W"] * 4, *["Bulb 100 Watt Soft White"] * 6))
+    assert bulbs.correct("60 w bulb").text == "60w 60 watt bulb"
+    assert bulbs.correct("100 watt bulb").text == "100 watt bulb"
+    assert bulbs.correct("3m tape").text == "3m tape"  # a brand, no unit
 
 
 def test_two_words_the_catalog_writes_as_one_search_both_spellings() -> None:
@@ -221,7 +239,7 @@ def test_overlong_words_are_left_out_and_never_corrected() -> None:
 
 def test_vocabulary_files_round_trip_without_pickle(tmp_path: Path) -> None:
     v = vocab("cordless drill 18 v", "cordless drill", "drill bits")
-    assert v.units == {"v": 1}
+    assert v.units == {"v": 1, "v:spaced": 1}
     v.save(tmp_path)
     for name in ("df.npy", "keys.npy", "ids.npy"):
         arr = np.load(tmp_path / "spelling" / name, allow_pickle=False)

@@ -683,6 +683,21 @@ def test_judgments_without_a_positive_grade_add_no_pairs() -> None:
     assert judged_pairs(pairs, {"q1": "red mug"}, qrels, {"a": 0, "b": 1}, {}) == 0
 
 
+def test_one_outlier_grade_does_not_halve_the_positive_cut_off() -> None:
+    """The cut-off for a judged positive was half the highest grade: one mistyped 1000 on a 0-3
+    scale made every grade-3 judgment a negative and the outlier the only positive left."""
+    from indexer.fusion.data import grade_top, judged_pairs
+
+    qrels = {f"q{i}": {"a": 3.0, "b": 2.0, "c": 0.0} for i in range(60)}
+    queries = {f"q{i}": f"red mug {i}" for i in range(60)}
+    clean = judged_pairs(PairSet(), queries, qrels, {"a": 0, "b": 1, "c": 2}, {})
+    qrels["q0"]["a"] = 1000.0
+    assert grade_top([g for j in qrels.values() for g in j.values()]) == 3.0
+    pairs = PairSet()
+    assert judged_pairs(pairs, queries, qrels, {"a": 0, "b": 1, "c": 2}, {}) == clean == 120
+    assert grade_top([0.0, 1.0, 2.0]) == 2.0 and grade_top([0.0, -1.0]) == 0.0
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -255,6 +255,16 @@ class PairSet:
         }
 
 
+def grade_top(grades: Sequence[float]) -> float:
+    """The top of the grade scale: the highest grade but for the top 1% of positive grades, so
+    one mistyped grade (30 on a 0-3 scale) does not halve the positive cut-off for every other
+    judgment; grades above it count as the top. 0 without a positive grade."""
+    positive = np.sort(np.asarray([g for g in grades if g > 0], dtype=np.float64))
+    if not len(positive):
+        return 0.0
+    return float(positive[min(len(positive) - 1, int(0.99 * len(positive)))])
+
+
 def judged_pairs(
     pairs: PairSet,
     queries: Mapping[str, str],
@@ -267,9 +277,9 @@ def judged_pairs(
     """Add (query, item) slots for items graded in the upper half of the scale; items graded at
     least half the scale lower become that slot's hard negatives. Returns slots added."""
     grades = [g for j in qrels.values() for g in j.values()]
-    if not grades or max(grades) <= 0:  # no positive grade: nothing to learn a match from
+    top = grade_top(grades)
+    if top <= 0:  # no positive grade: nothing to learn a match from
         return 0
-    top = max(grades)
     pos_min = max(top / 2, min((g for g in grades if g > 0), default=top))
     margin = max(top / 2, 1e-9)
     added = 0
@@ -285,11 +295,11 @@ def judged_pairs(
             if g < pos_min:
                 continue
             lower = [j for j, h in graded if h <= g - margin]
-            pairs.add(text, item, KIND_JUDGED, g / top, extra, lower)
+            pairs.add(text, item, KIND_JUDGED, min(g / top, 1.0), extra, lower)
             added += 1
         known = pairs.known.setdefault(pairs.text_id(text), {})
         for item, g in graded:  # judged-irrelevant items are known too (grade 0 -> a negative)
-            known.setdefault(item, g / top)
+            known.setdefault(item, min(g / top, 1.0))
     return added
 
 

@@ -45,6 +45,7 @@ from indexer.fusion.data import (
     bow,
     catalog_pairs,
     catalog_synonyms,
+    grade_top,
     item_text,
     judged_pairs,
     photo_view_colours,
@@ -808,11 +809,11 @@ def train_fusion(
                 val.photo_alike = alike_matrix(sets, cfg.view_alike_jaccard)
         if val_queries:
             grades = [g for j in qrels.values() for g in j.values()]
-            top = max(grades)
+            top = grade_top(grades) or 1.0  # no positive grade: no query is kept below
             val.judged_pos_min = max(top / 2, min((g for g in grades if g > 0), default=top)) / top
             keep = []
             for q, t in val_queries.items():
-                rel = {id_pos[d]: g / top for d, g in qrels[q].items() if d in id_pos}
+                rel = {id_pos[d]: min(g / top, 1.0) for d, g in qrels[q].items() if d in id_pos}
                 if any(g >= val.judged_pos_min for g in rel.values()):
                     keep.append((" ".join(t.split()), rel))
             val.judged_rel = [r for _, r in keep]

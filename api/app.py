@@ -314,7 +314,9 @@ def _describe_validation(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
             name, msg = _field_name(loc), "unknown field"
         else:
             name = _field_name(loc) or "body"
-            if name == "body" and kind == "missing":
+            if msg.startswith("Expected UploadFile"):  # a form field sent as text, not as a file
+                msg = "must be a file part of a multipart/form-data body (with a filename), not text"
+            elif name == "body" and kind == "missing":
                 msg = "a request body is required"
             elif name == "body" and kind in ("model_attributes_type", "dict_type"):
                 msg = "the request body must be a JSON object"

@@ -89,6 +89,21 @@ def _check_category(category: str | None) -> None:
         )
 
 
+def _read_image_arg(image: Path, limit: int) -> bytes:
+    """The --image file, at most ``limit`` bytes (the API's upload limit, max_upload_bytes): a
+    device such as /dev/zero or a huge file is refused instead of read until memory runs out."""
+    try:
+        with open(image, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ShopSearchError(f"cannot read --image {image}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ShopSearchError(
+            f"--image {image} is larger than the limit of {limit:,} bytes (setting max_upload_bytes)"
+        )
+    return data
+
+
 @app.command()
 def index(
     catalogs: Annotated[list[Path], typer.Argument(help="Catalog files: .jsonl, .csv or .parquet.")],
@@ -183,10 +198,7 @@ def search(
     )
     image_bytes = None
     if image is not None:
-        try:
-            image_bytes = image.read_bytes()
-        except OSError as exc:
-            raise ShopSearchError(f"cannot read --image {image}: {exc.strerror}") from None
+        image_bytes = _read_image_arg(image, settings.max_upload_bytes)
     pipeline = SearchPipeline.open(settings.index_dir, settings)
     resp = pipeline.search(
         SearchRequest(

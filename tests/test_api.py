@@ -550,6 +550,7 @@ def _truncated_jpeg() -> bytes:
         ({"image": ("bomb.png", _png_bomb(), "image/png")}, {}, 415, "refused"),
         ({"image": ("empty.png", b"", "image/png")}, {}, 422, "empty"),
         ({}, {"query": "hoodie"}, 422, "image"),
+        ({}, {"image": "photo.jpg"}, 422, "image: must be a file part"),  # text, not a file
         ({"image": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}, {"k": "0"}, 422, "k"),
         ({"image": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}, {"k": "many"}, 422, "k"),
         ({"image": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}, {"offset": "-1"}, 422, "offset"),

@@ -241,6 +241,23 @@ def test_a_photo_that_cannot_be_used_is_named(index_dir, tmp_path):
         assert f"--image {path}{needle}" in proc.stderr, proc.stderr
 
 
+def test_an_image_over_the_upload_limit_is_refused_not_read_to_the_end(index_dir, tmp_path):
+    """--image /dev/zero read until memory ran out; a file over max_upload_bytes is refused."""
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + b"\0" * 5000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOPSEARCH_MAX_UPLOAD_BYTES": "4000"}
+    for path in (big, Path("/dev/zero")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "api.cli", "search", "", "--image", str(path), "--index", str(index_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"--image {path} is larger than the limit of 4,000 bytes" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

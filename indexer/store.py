@@ -847,7 +847,13 @@ class LiveIndex:
         """Manifest and live counts. A remote BM25 engine that cannot count now gives
         ``lexical_docs: None`` and ``lexical_error``, not an error: the rest is still worth showing."""
         lexical: dict[str, Any] = {}
+        # a remote engine is probed first (one short search, no retry): a count would wait out
+        # every retry and backoff (about 15 s by default) before saying the cluster is down
+        probe = getattr(self.lexical, "health_check", None)
+        problem = probe() if probe is not None else None
         try:
+            if problem is not None:
+                raise ShopSearchError(problem)
             lexical["lexical_docs"] = self.lexical.count()
         except ShopSearchError as exc:
             lexical = {"lexical_docs": None, "lexical_error": exc.message}

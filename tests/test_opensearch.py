@@ -1184,7 +1184,7 @@ def test_pending_keyword_writes_go_out_once_the_cluster_answers_again(
                 info = client.get("/info").json()["live"]  # answers without the cluster
                 assert info["lexical_pending"] == 1 and info["lexical_docs"] is None
                 assert "cannot reach OpenSearch" in info["lexical_error"]
-                assert proxy.count(path_part="_count") == counts  # probed once, no count waiting out its retries
+                assert proxy.count(path_part="_count") == counts  # probed; no count waiting out retries
                 sent = len(proxy.seen)
                 time.sleep(2.5)  # still down: a few probes, backing off, and no write attempt
                 later = proxy.seen[sent:]

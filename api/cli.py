@@ -390,13 +390,10 @@ def _check_events_home(index_dir: Path) -> None:
     """Events belong to an index: refuse a folder that holds neither an index nor an event store,
     as the commands that read an index do, instead of creating it (a mistyped --index did)."""
     from indexer.interactions import EVENTS_DIR
-    from indexer.store import current_generation
+    from indexer.store import require_generation
 
-    if (index_dir / EVENTS_DIR).is_dir() or current_generation(index_dir) is not None:
-        return
-    if not index_dir.is_dir():
-        raise IndexNotFoundError(f"no index at {index_dir}: run 'shopsearch index CATALOG --index DIR'")
-    raise IndexNotFoundError(f"{index_dir} holds no complete index (no CURRENT file)")
+    if not (index_dir / EVENTS_DIR).is_dir():
+        require_generation(index_dir)
 
 
 @events_app.command("import")

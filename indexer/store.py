@@ -96,6 +96,16 @@ def current_generation(index_dir: Path) -> str | None:
     return name or None
 
 
+def require_generation(index_dir: Path) -> str:
+    """The live generation's name, or IndexNotFoundError saying why there is none."""
+    if not index_dir.is_dir():
+        raise IndexNotFoundError(f"no index at {index_dir}: run 'shopsearch index CATALOG --index DIR'")
+    name = current_generation(index_dir)
+    if name is None:
+        raise IndexNotFoundError(f"{index_dir} holds no complete index (no CURRENT file)")
+    return name
+
+
 def _encode_vec(v: np.ndarray | None) -> str | None:
     return None if v is None else base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
 
@@ -518,13 +528,7 @@ class LiveIndex:
 
     # ----------------------------------------------------------------- loading
     def _load(self) -> None:
-        if not self.index_dir.is_dir():
-            raise IndexNotFoundError(
-                f"no index at {self.index_dir}: run 'shopsearch index CATALOG --index DIR'"
-            )
-        name = current_generation(self.index_dir)
-        if name is None:
-            raise IndexNotFoundError(f"{self.index_dir} holds no complete index (no CURRENT file)")
+        name = require_generation(self.index_dir)
         path = self.index_dir / "generations" / name
         try:
             manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
@@ -848,7 +852,7 @@ class LiveIndex:
         ``lexical_docs: None`` and ``lexical_error``, not an error: the rest is still worth showing."""
         lexical: dict[str, Any] = {}
         # a remote engine is probed first (one short search, no retry): a count would wait out
-        # every retry and backoff (about 15 s by default) before saying the cluster is down
+        # five retries with backoff (8-16 s at the default settings) before saying the cluster is down
         probe = getattr(self.lexical, "health_check", None)
         problem = probe() if probe is not None else None
         try:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_crossfit.py [--base .bench/index] [--full .bench/fusion-hd/index]
         [--work .bench/xfit] [--fused-weight 1.5] [--folds 2] [--seed 0] [--d-model N --ff N] [--refit]
-        [--candidates 100]
+        [--candidates 100] [--bm25-candidates 200]
 
 Why: the re-ranker reads the fused source (rank, score) as features. If the fusion model was
 trained on the same queries the re-ranker trains on, those features are better on the training
@@ -55,6 +55,12 @@ def main() -> None:
     ap.add_argument(
         "--candidates", type=int, default=100, help="Top-N per source in every list (serving: 'candidates')."
     )
+    ap.add_argument(
+        "--bm25-candidates",
+        type=int,
+        default=None,
+        help="Top-N from BM25 (serving: 'bm25_candidates'; default: the setting's).",
+    )
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -86,13 +92,20 @@ def main() -> None:
         "folds": args.folds,
         "weights": weights,
         "candidates": args.candidates,
+        "bm25_candidates": args.bm25_candidates,
         "fusion": {},
     }
     parts, pieces = [], None
     for f in range(args.folds):
         idx = work / f"idx{f}"
         copy_index(args.base, idx)
-        settings = load_settings(None, index_dir=idx, source_weights=weights, candidates=args.candidates)
+        settings = load_settings(
+            None,
+            index_dir=idx,
+            source_weights=weights,
+            candidates=args.candidates,
+            bm25_candidates=args.bm25_candidates,
+        )
         others = {q: t for q, t in train_q.items() if fold[q] != f}
         if not has_model(idx):
             t = time.perf_counter()
@@ -136,7 +149,11 @@ def main() -> None:
     models = train_models(work, train, val, qrels, pieces, ns)
 
     full_settings = load_settings(
-        None, index_dir=args.full, source_weights=weights, candidates=args.candidates
+        None,
+        index_dir=args.full,
+        source_weights=weights,
+        candidates=args.candidates,
+        bm25_candidates=args.bm25_candidates,
     )
     pipeline = SearchPipeline.open(args.full, full_settings, reranker=PassThroughReranker())
     try:

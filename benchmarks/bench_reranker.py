@@ -89,11 +89,13 @@ def build_or_load(
         try:
             data = ListSet.load(path)
             s = pipeline.retriever.settings
+            lex = data.meta.get("bm25_candidates") or 0  # lists from before it: BM25 as deep as the rest
             same = (
                 data.meta.get("fusion") == s.fusion
                 and data.meta.get("weights", dict(s.source_weights)) == dict(s.source_weights)
                 and data.meta.get("variants") == list(variants)
                 and data.meta.get("candidates", 100) == s.candidates
+                and max(s.candidates, lex) == max(s.candidates, s.bm25_candidates)
             )
             if same and {x.qid for x in data.lists} <= set(queries):
                 _log(f"lists {name}: {len(data.lists)} from {path}")

@@ -306,9 +306,11 @@ class Ranker:
 
     def _runs_from(self, retrieval: Any, runs: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         from retriever.fusion import FUSERS
+        from retriever.search import fusion_head
 
         cands = retrieval.candidates
         lists = source_lists(cands)
+        head = fusion_head(lists, max(self.config.depth, self.settings.candidates))
         weights = {s: self.settings.source_weights.get(s, 1.0) for s in lists}
         out: dict[str, list[tuple[str, float]]] = {}
         for name in runs:
@@ -317,7 +319,10 @@ class Ranker:
             elif name in FUSION_RUNS or name == "hybrid":
                 method = self.settings.fusion if name == "hybrid" else name
                 kwargs = {"k": self.settings.rrf_k} if method == "rrf" else {}
-                fused = FUSERS[method]({s: lst for s, lst in lists.items()}, weights, **kwargs)
+                fused = FUSERS[method](head, weights, **kwargs)
+                for lst in lists.values():  # deeper BM25 hits: in the pool, no share of the score
+                    for doc, _ in lst:
+                        fused.setdefault(doc, 0.0)
                 out[name] = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
             elif name == "full":
                 out[name] = [(c.id, float(c.score)) for c in self.pipeline.reranker.rerank(retrieval)]

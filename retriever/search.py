@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,7 +190,8 @@ class Retriever:
         qvecs: dict[str, np.ndarray] = {}
         if text is not None and use("bm25"):
             t = time.perf_counter()
-            hits = lexical.search(text, n, filters, explain=explain)
+            n_lex = max(n, self.settings.bm25_candidates)
+            hits = lexical.search(text, n_lex, filters, explain=explain)
             ranked = []
             for h in hits:
                 row = table.id_to_row.get(h.id)
@@ -282,13 +283,14 @@ class Retriever:
         fuse = FUSERS[self.settings.fusion]
         kwargs = {"k": self.settings.rrf_k} if self.settings.fusion == "rrf" else {}
         weights = {s: weights_cfg.get(s, 1.0) for s in lists}
-        fused = fuse(lists, weights, **kwargs)
+        fused = fuse(fusion_head(lists, n), weights, **kwargs)
         cands: dict[int, Candidate] = {}
         for source, ranked in lists.items():
             for rank, (row, score) in enumerate(ranked, 1):
                 c = cands.get(row)
                 if c is None:
-                    c = cands[row] = Candidate(row=row, id=table.product(row).id, score=float(fused[row]))
+                    fs = float(fused.get(row, 0.0))
+                    c = cands[row] = Candidate(row=row, id=table.product(row).id, score=fs)
                     c.detail = details.get(row, {})
                 c.sources[source] = SourceHit(rank=rank, score=score, terms=terms.get(source, {}).get(row))
         # ties: the better source rank first (keeps an engine's own order), then the id (stable pages)
@@ -297,6 +299,17 @@ class Retriever:
         )
         timings["fuse"] = _ms(t)
         return Retrieval(ordered, text, timings, qvecs, correction=correction)
+
+
+Ranked = Sequence[tuple[Any, float]]
+
+
+def fusion_head(lists: Mapping[str, Ranked], n: int) -> dict[str, Ranked]:
+    """The part of each source's list the fused score is computed from. BM25 hits past the first
+    ``n`` (``bm25_candidates``) join the pool for the re-ranker only: they take no share of the
+    fused score, so the fused order of the first ``n`` per source is what it is without them
+    (min-max over a deeper list would shift every BM25 score), and they follow it in BM25 order."""
+    return {s: ranked[:n] if s == "bm25" else ranked for s, ranked in lists.items()}
 
 
 def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray | None) -> list[tuple[int, float]]:

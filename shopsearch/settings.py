@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     rrf_k: int = Field(60, ge=1)
     source_weights: dict[str, float] = Field(default_factory=lambda: {"bm25": 1.0, "text": 0.6, "image": 1.0})
     candidates: int = Field(100, ge=1, le=10_000, description="Top-N taken from each source.")
+    bm25_candidates: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Top-N taken from BM25, at least 'candidates' (no more: off). Hits past 'candidates' "
+        "join the pool for the re-ranker only (no share of the fused score); raise 'reranker_depth' with "
+        "it, since they sit at the end of the fused order.",
+    )
     query_cache_size: int = Field(4096, ge=0)
     spell_correction: bool = Field(
         True,

@@ -447,6 +447,47 @@ def test_runs_are_what_the_retriever_returns(small_index: dict[str, Path]) -> No
 
 
 @pytest.mark.slow
+def test_bm25_candidates_deepens_only_the_lexical_list(small_index: dict[str, Path]) -> None:
+    from evaluation.runner import EvalConfig, Ranker
+
+    pipeline = _pipeline(small_index["index"], candidates=3, bm25_candidates=3)  # = off
+    deep_pipeline = _pipeline(small_index["index"], candidates=3, bm25_candidates=6)
+    deep = deep_pipeline.retriever
+
+    def per_source(retrieval) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in retrieval.candidates:
+            for s in c.sources:
+                counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    # "warm" is also in the lamps' text: BM25's deeper hits score below its first three
+    before, after = pipeline.retriever.retrieve("warm hoodie"), deep.retrieve("warm hoodie")
+    shallow, wide = per_source(before), per_source(after)
+    assert shallow["bm25"] == 3 and shallow["text"] == 3
+    assert wide["bm25"] > 3 and wide["text"] == 3
+    # the deeper hits take no share of the fused score: the first pool keeps its scores and order,
+    # and what only the deeper BM25 list found follows it, in BM25 order
+    scores = {c.id: c.score for c in after.candidates}
+    assert [c.id for c in after.candidates][: len(before.candidates)] == [c.id for c in before.candidates]
+    assert all(scores[c.id] == c.score for c in before.candidates)
+    extra = [c for c in after.candidates[len(before.candidates) :] if set(c.sources) == {"bm25"}]
+    assert extra and [c.sources["bm25"].rank for c in extra] == sorted(c.sources["bm25"].rank for c in extra)
+    # a page deeper than the setting still gets every source that deep
+    assert per_source(deep.retrieve("warm hoodie", depth=8))["bm25"] >= wide["bm25"]
+    # the evaluation runner rebuilds the fusion from the source lists the same way
+    ranker = Ranker(deep_pipeline, EvalConfig(progress=False, k=3, depth=3))
+    texts = {"q": "warm hoodie"}
+    rankings, _ = ranker.rank(["q"], texts, {}, {"q": {"h-red": 1.0}}, ["hybrid"])
+    # with the hook the runner passes batch-encoded query vectors: compare alike
+    hook = {"query_vectors": ranker.query_vectors(["q"], texts, {}, {"text"})["q"]} if ranker._hook else {}
+    same = deep.retrieve("warm hoodie", depth=3, **hook).candidates[:3]
+    assert rankings["hybrid"]["q"] == [(c.id, pytest.approx(c.score)) for c in same]
+    pipeline.close()
+    deep_pipeline.close()
+
+
+@pytest.mark.slow
 def test_judged_mode_ranks_exactly_the_judged_products(small_index: dict[str, Path]) -> None:
     from evaluation.runner import EvalConfig, evaluate, load_query_set
 

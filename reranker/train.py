@@ -227,6 +227,7 @@ def build_lists(
         "fusion": retriever.settings.fusion,
         "weights": dict(retriever.settings.source_weights),
         "candidates": retriever.settings.candidates,
+        "bm25_candidates": retriever.settings.bm25_candidates,
     }
     return ListSet(lists, vecs_by_mod, present, meta)
 
@@ -912,19 +913,16 @@ def train_reranker(
         extractor = FeatureExtractor(pipeline.index)
         extractor.warm(progress=progress)
         variants = ("clean", "typo", "drop") if cfg.augment and kind == "transformer" else ("clean",)
-        key = hashlib.sha1(
-            json.dumps(
-                [
-                    getattr(pipeline.index, "generation", None),
-                    sorted(train_q),
-                    sorted(val_q),
-                    variants,
-                    cfg.seed,
-                    # event labels: the same queries may carry other grades, over another CF model
-                    sorted((q, sorted(g.items())) for q, g in qrels.items()) if from_events else None,
-                ]
-            ).encode()
-        ).hexdigest()[:12]
+        key = list_cache_key(
+            getattr(pipeline.index, "generation", None),
+            train_q,
+            val_q,
+            variants,
+            cfg.seed,
+            settings,
+            # event labels: the same queries may carry other grades, over another CF model
+            qrels if from_events else None,
+        )
         if fusion_folds > 1:
             from reranker.crossfit import crossfit_lists
 
@@ -1058,6 +1056,38 @@ def _event_labels(
 
 def _fmt(m: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("ndcg"))
+
+
+def list_cache_key(
+    generation: str | None,
+    train_q: Mapping[str, str],
+    val_q: Mapping[str, str],
+    variants: Sequence[str],
+    seed: int,
+    settings: Any,
+    labels: Mapping[str, Mapping[str, float]] | None,
+) -> str:
+    """Name of a ``--cache`` entry: everything that shapes the lists, the retrieval settings
+    included (lists cached before a change of depth or weights would otherwise be reused)."""
+    retrieval = [
+        settings.fusion,
+        settings.rrf_k,
+        sorted(dict(settings.source_weights).items()),
+        settings.candidates,
+        max(settings.candidates, settings.bm25_candidates),
+        settings.cf_candidates,
+        settings.spell_correction,
+    ]
+    doc = [
+        generation,
+        sorted(train_q),
+        sorted(val_q),
+        list(variants),
+        seed,
+        sorted((q, sorted(g.items())) for q, g in labels.items()) if labels is not None else None,
+        retrieval,
+    ]
+    return hashlib.sha1(json.dumps(doc).encode()).hexdigest()[:12]
 
 
 def _cached_lists(

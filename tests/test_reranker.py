@@ -31,6 +31,7 @@ from reranker.train import (
     QueryList,
     TrainConfig,
     is_validation,
+    list_cache_key,
     listwise_loss,
     query_split,
     rank_lists,
@@ -52,6 +53,31 @@ def test_query_split_matches_the_benchmark_split():
     texts += [f"query {i}" for i in range(200)]
     assert [query_split(t) for t in texts] == [homedepot_split(t) for t in texts]
     assert {query_split(t) for t in texts} == {"train", "test"}
+
+
+def test_list_cache_key_follows_the_retrieval_settings():
+    """A --cache entry built at another depth or weighting is not reused (the key once ignored the
+    settings, so lists from before bm25_candidates would have been trained on silently)."""
+    from shopsearch.settings import load_settings
+
+    def key(**over: Any) -> str:
+        s = load_settings(None, **over)
+        return list_cache_key("g1", {"a": "x"}, {"b": "y"}, ("clean",), 0, s, None)
+
+    assert key() == key()
+    base = key()
+    for over in (
+        {"bm25_candidates": 200},
+        {"candidates": 50},
+        {"source_weights": {"bm25": 1.0, "text": 0.5}},
+        {"fusion": "rrf"},
+        {"spell_correction": False},
+    ):
+        assert key(**over) != base, over
+    # BM25 no deeper than the other sources is one setting, however it is written
+    assert key(bm25_candidates=50) == key(bm25_candidates=100)
+    labels = {"a": {"p": 1.0}}  # event labels are part of the key
+    assert list_cache_key("g1", {"a": "x"}, {"b": "y"}, ("clean",), 0, load_settings(None), labels) != base
 
 
 def test_validation_carve_is_deterministic_and_close_to_the_fraction():

@@ -315,7 +315,7 @@ class LearnedReranker(Reranker):
         index: Any,
         folder: Path,
         *,
-        depth: int = 200,
+        depth: int = 400,
         backend: Backend = "onnx",
         extractor: FeatureExtractor | None = None,
         watch: bool = True,
@@ -478,6 +478,6 @@ def open_reranker(index: Any, settings: Any) -> Reranker:
     return LearnedReranker(
         index,
         folder,
-        depth=getattr(settings, "reranker_depth", 200),
+        depth=getattr(settings, "reranker_depth", 400),
         backend=getattr(settings, "reranker_backend", "onnx"),
     )

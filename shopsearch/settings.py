@@ -118,12 +118,12 @@ class Settings(BaseSettings):
     source_weights: dict[str, float] = Field(default_factory=lambda: {"bm25": 1.0, "text": 0.6, "image": 1.0})
     candidates: int = Field(100, ge=1, le=10_000, description="Top-N taken from each source.")
     bm25_candidates: int = Field(
-        100,
+        200,
         ge=1,
         le=10_000,
         description="Top-N taken from BM25, at least 'candidates' (no more: off). Hits past 'candidates' "
-        "join the pool for the re-ranker only (no share of the fused score); raise 'reranker_depth' with "
-        "it, since they sit at the end of the fused order.",
+        "join the pool for the re-ranker only (no share of the fused score); 'reranker_depth' must reach "
+        "them, since they sit at the end of the fused order.",
     )
     query_cache_size: int = Field(4096, ge=0)
     spell_correction: bool = Field(
@@ -195,7 +195,13 @@ class Settings(BaseSettings):
     reranker: bool = Field(
         True, description="Re-rank with the trained model in the checkpoint folder once one is there."
     )
-    reranker_depth: int = Field(200, ge=1, le=10_000, description="Top fused candidates the model re-scores.")
+    reranker_depth: int = Field(
+        400,
+        ge=1,
+        le=10_000,
+        description="Top fused candidates the model re-scores (400: the largest Home Depot pool, BM25 at 200 "
+        "beside MiniLM and the fused source at 100 each).",
+    )
     reranker_model: Path | None = Field(None, description="Checkpoint folder; None: INDEX/models/reranker.")
     reranker_backend: Literal["onnx", "int8", "torch"] = Field(
         "onnx", description="Transformer runtime: ONNX Runtime, torch dynamic int8, or plain torch."

@@ -67,7 +67,7 @@ def test_list_cache_key_follows_the_retrieval_settings():
     assert key() == key()
     base = key()
     for over in (
-        {"bm25_candidates": 200},
+        {"bm25_candidates": 300},
         {"candidates": 50},
         {"source_weights": {"bm25": 1.0, "text": 0.5}},
         {"fusion": "rrf"},

@@ -63,7 +63,7 @@ def test_unknown_environment_variables_are_warned_about_once(tmp_path, monkeypat
     with caplog.at_level(logging.WARNING, logger="shopsearch.settings"):
         for _ in range(3):
             s = load_settings(None)
-    assert s.rrf_k == 10 and s.candidates == 70 and s.reranker_depth == 200
+    assert s.rrf_k == 10 and s.candidates == 70 and s.reranker_depth == 400
     lines = [r.getMessage() for r in caplog.records if r.name == "shopsearch.settings"]
     assert len(lines) == 2, lines  # once each, however often settings are loaded
     typo = next(line for line in lines if "SHOPSEARCH_RERANKER_DEPHT" in line)

@@ -708,7 +708,7 @@ def test_a_stale_onnx_file_is_re_exported(tmp_path):
 
 @pytest.mark.slow
 def test_cross_fitted_lists_take_the_fused_source_from_models_that_never_saw_the_query(
-    sample_index, tmp_path
+    sample_index, tmp_path, monkeypatch
 ):
     """--fusion-folds: each fold's lists come from a snapshot whose fusion model was trained on
     the other folds only; the snapshots are gone afterwards, and the checkpoint records the folds."""
@@ -745,6 +745,18 @@ def test_cross_fitted_lists_take_the_fused_source_from_models_that_never_saw_the
     )["all"]  # fmt: skip
     assert sorted(x.qid for x in got.lists) == sorted(queries) and got.meta["fusion_folds"] == 2
     assert not list(folder.glob(".crossfit-*"))
+    # with spare cores the fold models train in worker processes; one core trains them in turn,
+    # and the lists are the same either way
+    import reranker.crossfit as crossfit
+
+    monkeypatch.setattr(crossfit.os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    one = crossfit_lists(
+        folder, settings, {"all": (queries, ("clean",))}, qrels,
+        folds=2, seed=0, depth=100, progress=False, log=lambda _m: None,
+    )["all"]  # fmt: skip
+    monkeypatch.undo()
+    assert [x.qid for x in one.lists] == [x.qid for x in got.lists]
+    assert all(np.array_equal(a.features, b.features) for a, b in zip(one.lists, got.lists, strict=True))
     pipe = SearchPipeline.open(folder, settings, reranker=PassThroughReranker())
     try:
         plain = build_lists(pipe, FeatureExtractor(pipe.index), queries, qrels, progress=False)

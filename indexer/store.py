@@ -444,13 +444,18 @@ def snapshot_live_generation(src: Path, dst: Path, *, fused: bool = False) -> No
     """``dst``: the live generation of ``src`` (with its fused vectors and model only when
     ``fused``: a fusion training replaces them), its CURRENT, and a copy of the embedding cache
     (fusion training writes query encodings to it). Files are hard-linked where the filesystem
-    allows: a generation's files are never modified in place, except the WAL, which is copied.
-    Used to train models on a copy without touching the live index."""
+    allows: a generation's files are never modified in place, except the WAL, which is copied,
+    and the lexical engine's lock files, which are made anew (a linked lock is one inode: a
+    snapshot's writer and the live index's, or two snapshots' side by side, would lock each other
+    out). Used to train models on a copy without touching the live index."""
     name = current_generation(src)
     if name is None:
         raise ConfigError(f"no index generation in {src}: build the index first")
 
     def link(a: str, b: str) -> None:
+        if os.path.basename(a).endswith(".lock"):  # tantivy's writer/meta locks hold no data
+            Path(b).touch()
+            return
         try:
             os.link(a, b)
         except OSError:  # another filesystem, or links not allowed

@@ -340,6 +340,8 @@ def test_snapshot_links_the_live_generation_and_keeps_fused_only_when_asked(tmp_
     (gen / "vectors.bin").write_bytes(b"v" * 64)
     (gen / "fused" / "model.safetensors").write_bytes(b"m")
     (gen / "wal.jsonl").write_text('{"op": "upsert"}\n')
+    (gen / "lexical").mkdir()
+    (gen / "lexical" / ".tantivy-writer.lock").touch()
     (src / "generations" / "gen-000001").mkdir()  # an older generation: not copied
     (src / "CURRENT").write_text("gen-000002\n")
     (src / "embcache.sqlite").write_bytes(b"cache")
@@ -354,6 +356,10 @@ def test_snapshot_links_the_live_generation_and_keeps_fused_only_when_asked(tmp_
         assert (copy / "vectors.bin").read_bytes() == b"v" * 64
         # the WAL is appended to in place by the live index: a real copy, never a link
         assert (copy / "wal.jsonl").stat().st_ino != (gen / "wal.jsonl").stat().st_ino
+        # a linked lock file is one lock: two snapshots (or one and the live index) could not
+        # both open a writer (seen when the fold models of --fusion-folds trained side by side)
+        lock, live = (g / "lexical" / ".tantivy-writer.lock" for g in (copy, gen))
+        assert lock.exists() and lock.stat().st_ino != live.stat().st_ino
         assert (dst / "embcache.sqlite").read_bytes() == b"cache"
     assert not (plain / "generations" / "gen-000002" / "fused").exists()  # a fusion training replaces it
     assert (with_fused / "generations" / "gen-000002" / "fused" / "model.safetensors").read_bytes() == b"m"

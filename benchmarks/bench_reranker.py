@@ -95,7 +95,7 @@ def build_or_load(
                 and data.meta.get("weights", dict(s.source_weights)) == dict(s.source_weights)
                 and data.meta.get("variants") == list(variants)
                 and data.meta.get("candidates", 100) == s.candidates
-                and max(s.candidates, lex) == max(s.candidates, s.bm25_candidates)
+                and max(s.candidates, lex) == s.bm25_depth
             )
             if same and {x.qid for x in data.lists} <= set(queries):
                 _log(f"lists {name}: {len(data.lists)} from {path}")

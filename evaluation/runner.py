@@ -305,8 +305,7 @@ class Ranker:
         return rankings, errors
 
     def _runs_from(self, retrieval: Any, runs: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
-        from retriever.fusion import FUSERS
-        from retriever.search import fusion_head
+        from retriever.fusion import FUSERS, fusion_head
 
         cands = retrieval.candidates
         lists = source_lists(cands)

@@ -88,17 +88,15 @@ def crossfit_lists(
     if any(not o or len(o) == len(every) for o in others):
         raise ConfigError(f"{len(every)} queries are too few for {folds} cross-fitting folds")
     snaps = [index_dir / f"{SNAPSHOT_PREFIX}{f}" for f in range(folds)]
+    fold_settings = [settings.model_copy(update={"index_dir": snap}) for snap in snaps]
     try:
         jobs = []
         for f, snap in enumerate(snaps):
             snapshot_live_generation(index_dir, snap)
-            local = settings.model_copy(update={"index_dir": snap})
-            fold_qrels = {q: qrels[q] for q in others[f] if q in qrels}
-            jobs.append((snap, local, others[f], fold_qrels, config))
-        _train_fold_models(jobs, progress, log)
+            jobs.append((snap, fold_settings[f], others[f], {q: qrels[q] for q in others[f] if q in qrels}))
+        _train_fold_models(jobs, config, progress, log)
         for f, snap in enumerate(snaps):
-            local = settings.model_copy(update={"index_dir": snap})
-            pipeline = SearchPipeline.open(snap, local, reranker=PassThroughReranker())
+            pipeline = SearchPipeline.open(snap, fold_settings[f], reranker=PassThroughReranker())
             try:
                 extractor = FeatureExtractor(pipeline.index)
                 extractor.warm(progress=False)
@@ -130,20 +128,24 @@ def crossfit_lists(
     return out
 
 
-def _train_fold_models(jobs: list[tuple[Any, ...]], progress: bool, log: Callable[[str], None]) -> None:
+def _train_fold_models(
+    jobs: list[tuple[Path, Any, Mapping[str, str], Mapping[str, Any]]],
+    config: Any,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
     """One fusion training per fold. The trainings are independent and each uses
     ``config.threads`` torch threads, so with spare cores they run side by side in worker
     processes (Home Depot, two folds on two cores: folds and lists 805 -> 629 s); each process
     seeds itself as a lone training would, so the models are the same either way."""
     from indexer.fusion.train import train_fusion
 
-    threads = max(1, jobs[0][4].threads) if jobs else 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(len(jobs), max(1, cores // threads))
-    for f, (_, _, queries, _, _) in enumerate(jobs):
+    workers = min(len(jobs), max(1, cores // max(1, config.threads)))
+    for f, (_, _, queries, _) in enumerate(jobs):
         log(f"cross-fitting fold {f + 1}/{len(jobs)}: fusion model on {len(queries)} other queries")
     if workers < 2:
-        for snap, local, queries, fold_qrels, config in jobs:
+        for snap, local, queries, fold_qrels in jobs:
             train_fusion(
                 snap, local, queries=queries, qrels=fold_qrels, config=config, progress=progress, log=log
             )
@@ -151,7 +153,7 @@ def _train_fold_models(jobs: list[tuple[Any, ...]], progress: bool, log: Callabl
     log(f"training the {len(jobs)} fold models in {workers} processes (their progress is not shown)")
     ctx = multiprocessing.get_context("spawn")  # torch and forked threads do not mix
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_train_one_fold, *job) for job in jobs]
+        futures = [pool.submit(_train_one_fold, *job, config) for job in jobs]
         for f, fut in enumerate(futures):
             fut.result()  # a failed fold raises its own error here
             log(f"cross-fitting fold {f + 1}/{len(jobs)}: fusion model trained")

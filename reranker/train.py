@@ -1074,7 +1074,7 @@ def list_cache_key(
         settings.rrf_k,
         sorted(dict(settings.source_weights).items()),
         settings.candidates,
-        max(settings.candidates, settings.bm25_candidates),
+        settings.bm25_depth,
         settings.cf_candidates,
         settings.spell_correction,
     ]

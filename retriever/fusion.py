@@ -44,4 +44,12 @@ def weighted_sum(lists: Mapping[str, Ranked], weights: Mapping[str, float]) -> d
     return fused
 
 
+def fusion_head(lists: Mapping[str, Ranked], n: int) -> dict[str, Ranked]:
+    """The part of each source's list the fused score is computed from. BM25 hits past the first
+    ``n`` (``bm25_candidates``) join the pool for the re-ranker only: they take no share of the
+    fused score, so the fused order of the first ``n`` per source is what it is without them
+    (min-max over a deeper list would shift every BM25 score), and they follow it in BM25 order."""
+    return {s: ranked[:n] if s == "bm25" else ranked for s, ranked in lists.items()}
+
+
 FUSERS = {"rrf": rrf, "weighted": weighted_sum}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from indexer.filters import Filters
 from indexer.spelling import Correction, SpellCorrector
 from indexer.store import LiveIndex
 from retriever.cf import CFSource  # --- collaborative filtering
-from retriever.fusion import FUSERS
+from retriever.fusion import FUSERS, fusion_head
 from shopsearch.errors import InvalidQueryError
 from shopsearch.settings import Settings
 
@@ -190,7 +190,7 @@ class Retriever:
         qvecs: dict[str, np.ndarray] = {}
         if text is not None and use("bm25"):
             t = time.perf_counter()
-            n_lex = max(n, self.settings.bm25_candidates)
+            n_lex = max(n, self.settings.bm25_depth)
             hits = lexical.search(text, n_lex, filters, explain=explain)
             ranked = []
             for h in hits:
@@ -299,17 +299,6 @@ class Retriever:
         )
         timings["fuse"] = _ms(t)
         return Retrieval(ordered, text, timings, qvecs, correction=correction)
-
-
-Ranked = Sequence[tuple[Any, float]]
-
-
-def fusion_head(lists: Mapping[str, Ranked], n: int) -> dict[str, Ranked]:
-    """The part of each source's list the fused score is computed from. BM25 hits past the first
-    ``n`` (``bm25_candidates``) join the pool for the re-ranker only: they take no share of the
-    fused score, so the fused order of the first ``n`` per source is what it is without them
-    (min-max over a deeper list would shift every BM25 score), and they follow it in BM25 order."""
-    return {s: ranked[:n] if s == "bm25" else ranked for s, ranked in lists.items()}
 
 
 def _vector_hits(index, query: np.ndarray, n: int, mask: np.ndarray | None) -> list[tuple[int, float]]:

@@ -126,6 +126,7 @@ class Settings(BaseSettings):
         "them, since they sit at the end of the fused order.",
     )
     query_cache_size: int = Field(4096, ge=0)
+
     spell_correction: bool = Field(
         True,
         description="Search misspelled query words and units as the catalog spells them "
@@ -230,6 +231,11 @@ class Settings(BaseSettings):
         if unknown:  # a misspelt source would be ignored, and the intended one keep its default
             raise ValueError(f"unknown source(s) {', '.join(unknown)} (known: {', '.join(SOURCES)})")
         return value
+
+    @property
+    def bm25_depth(self) -> int:
+        """BM25 hits a query takes: never fewer than the other sources' ``candidates``."""
+        return max(self.candidates, self.bm25_candidates)
 
 
 def _warn_unknown_env() -> None:
